@@ -1,0 +1,14 @@
+/* CPU kernels behind one interface. The layer math calls only these; a CUDA backend provides the
+ * same operations on device memory. Every fast variant is tested against the scalar reference. */
+#ifndef FLASHMOE_KERNELS_H
+#define FLASHMOE_KERNELS_H
+#include "tensor.h"
+
+/* y[r] = sum_c W[r][c] * x[c] for rows r0 <= r < r1 (y indexed by absolute row). */
+void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1);
+/* The whole matrix. */
+void kernel_matvec(float *y, const qmat *w, const float *x);
+/* One row of W converted to f32 (embedding lookup). */
+void kernel_row_f32(float *out, const qmat *w, int row);
+
+#endif
