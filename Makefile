@@ -29,7 +29,7 @@ $(BUILD)/obj $(BUILD)/tests:
 	mkdir -p $@
 
 test: $(BUILD)/flashmoe $(TEST_BIN)
-	@sh tests/run.sh
+	@BUILD=$(BUILD) sh tests/run.sh
 
 clean:
 	rm -rf $(BUILD)

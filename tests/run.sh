@@ -3,9 +3,10 @@
 # "ok NAME" / "not ok NAME" lines they print, and ends with "N passed, N failed".
 # A program that exits non-zero without reporting a failure counts as one failure.
 cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build}; export BUILD
 pass=0; fail=0
 log=$(mktemp); trap 'rm -f "$log"' EXIT
-for t in build/tests/test_* tests/*_test.sh; do
+for t in "$BUILD"/tests/test_* tests/*_test.sh; do
     [ -e "$t" ] || continue
     echo "== $t"
     case "$t" in *.sh) sh "$t" >"$log" 2>&1 ;; *) "$t" >"$log" 2>&1 ;; esac
