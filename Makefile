@@ -19,7 +19,8 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 $(BUILD)/libflashmoe.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/flashmoe: $(BUILD)/obj/main.o $(BUILD)/libflashmoe.a
+# objects, not the archive: commands are weak symbols, which an archive would not pull in
+$(BUILD)/flashmoe: $(BUILD)/obj/main.o $(LIB_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libflashmoe.a | $(BUILD)/tests
