@@ -113,3 +113,32 @@ void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1)
 }
 
 void kernel_matvec(float *y, const qmat *w, const float *x) { kernel_matvec_rows(y, w, x, 0, w->rows); }
+
+typedef struct {
+    float *y;
+    const qmat *w;
+    const float *x;
+    int rows_per_task;
+} matvec_job;
+
+static void matvec_task(void *arg, int t, int n_tasks) {
+    (void)n_tasks;
+    const matvec_job *j = arg;
+    int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task;
+    if (r1 > j->w->rows) r1 = j->w->rows;
+    if (r0 < r1) kernel_matvec_rows(j->y, j->w, j->x, r0, r1);
+}
+
+void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
+    int threads = pool_size(p);
+    if (threads <= 1 || w->rows <= 16) {
+        kernel_matvec_rows(y, w, x, 0, w->rows);
+        return;
+    }
+    /* About 4 tasks per thread so a thread slowed by a neighbour does not hold up the call. */
+    int chunks = threads * 4;
+    int per = (w->rows + chunks - 1) / chunks;
+    per = (per + 15) / 16 * 16;
+    matvec_job j = {y, w, x, per};
+    pool_run(p, matvec_task, &j, (w->rows + per - 1) / per);
+}
