@@ -1,0 +1,340 @@
+/* Expert cache (see expert_cache.h).
+ *
+ * Slots sit in one arena. slot_of[layer * n_experts + expert] gives the slot holding an expert, or -1.
+ * Unpinned slots form a doubly linked list in LRU order: empty slots at the head (used first), the
+ * most recently released at the tail; eviction takes the head. Pinned slots are off the list. */
+#include "expert_cache.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { SLOT_EMPTY, SLOT_LOADING, SLOT_READY } slot_state;
+
+typedef struct {
+    int key; /* layer * n_experts + expert, or -1 */
+    slot_state state;
+    int pinned;
+    int prev, next; /* LRU list links (-1: none) */
+    expert_io_req x; /* the expert's pieces, dest pointing into this slot */
+} cache_slot;
+
+struct expert_cache {
+    expert_io *io;
+    expert_cache_config cfg;
+    char *arena;
+    int n_slots;
+    cache_slot *slots;
+    int *slot_of; /* n_layers * n_experts */
+    int lru_head, lru_tail;
+    size_t memory_bytes;
+
+    /* the layer in progress */
+    int active;
+    int n;             /* experts in it */
+    int *item_slot;    /* [working] slot of each expert of the begin list */
+    int *hit_items;    /* [working] positions of the hits */
+    int *req_item;     /* [working] position of the expert of each engine request */
+    expert_io_req *reqs; /* [working] */
+    int n_hits, hits_returned, n_misses, misses_returned;
+
+    uint64_t hits, misses, evictions;
+};
+
+static void err_set(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void err_set(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- LRU list ---- */
+
+static void lru_remove(expert_cache *c, int s) {
+    cache_slot *x = &c->slots[s];
+    if (x->prev >= 0) c->slots[x->prev].next = x->next; else c->lru_head = x->next;
+    if (x->next >= 0) c->slots[x->next].prev = x->prev; else c->lru_tail = x->prev;
+    x->prev = x->next = -1;
+}
+
+static void lru_push_tail(expert_cache *c, int s) {
+    cache_slot *x = &c->slots[s];
+    x->prev = c->lru_tail;
+    x->next = -1;
+    if (c->lru_tail >= 0) c->slots[c->lru_tail].next = s; else c->lru_head = s;
+    c->lru_tail = s;
+}
+
+static void lru_push_head(expert_cache *c, int s) {
+    cache_slot *x = &c->slots[s];
+    x->prev = -1;
+    x->next = c->lru_head;
+    if (c->lru_head >= 0) c->slots[c->lru_head].prev = s; else c->lru_tail = s;
+    c->lru_head = s;
+}
+
+static void slot_pin(expert_cache *c, int s) {
+    lru_remove(c, s);
+    c->slots[s].pinned = 1;
+}
+
+/* Unpins a slot: a resident expert becomes the most recently used, anything else an empty slot. */
+static void slot_unpin(expert_cache *c, int s) {
+    cache_slot *x = &c->slots[s];
+    x->pinned = 0;
+    if (x->state == SLOT_READY) {
+        lru_push_tail(c, s);
+    } else {
+        if (x->key >= 0) c->slot_of[x->key] = -1;
+        x->key = -1;
+        x->state = SLOT_EMPTY;
+        lru_push_head(c, s);
+    }
+}
+
+/* ---- create / free ---- */
+
+static size_t largest_expert(expert_cache *c, char *err, size_t errlen) {
+    size_t most = 0;
+    for (int l = 0; l < c->cfg.n_layers; l++)
+        for (int e = 0; e < c->cfg.n_experts; e++) {
+            expert_io_req x = {0};
+            if (c->cfg.locate(c->cfg.locate_ctx, l, e, &x, err, errlen) < 0) return 0;
+            size_t room = expert_io_req_room(c->io, &x);
+            if (!room) {
+                err_set(err, errlen, "expert (%d, %d): invalid location (%d pieces, or an unregistered fd)", l,
+                        e, x.n_pieces);
+                return 0;
+            }
+            if (room > most) most = room;
+        }
+    return most;
+}
+
+expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg, char *err, size_t errlen) {
+    if (!io || !cfg || !cfg->locate || cfg->n_layers < 1 || cfg->n_experts < 1 || cfg->working < 1 ||
+        (size_t)cfg->n_layers * (size_t)cfg->n_experts > (size_t)1 << 30) {
+        err_set(err, errlen, "expert_cache: need an engine, a locate function, n_layers, n_experts and working >= 1");
+        return NULL;
+    }
+    expert_cache *c = calloc(1, sizeof *c);
+    if (!c) {
+        err_set(err, errlen, "expert_cache: out of memory");
+        return NULL;
+    }
+    c->io = io;
+    c->cfg = *cfg;
+    if (!c->cfg.slot_bytes && !(c->cfg.slot_bytes = largest_expert(c, err, errlen))) goto fail;
+    c->cfg.slot_bytes = (c->cfg.slot_bytes + EXPERT_IO_ALIGN - 1) / EXPERT_IO_ALIGN * EXPERT_IO_ALIGN;
+
+    size_t cached = c->cfg.budget_bytes / c->cfg.slot_bytes;
+    if (cached > (size_t)1 << 24) {
+        err_set(err, errlen, "expert_cache: budget of %zu slots is too many", cached);
+        goto fail;
+    }
+    c->n_slots = (int)cached + c->cfg.working;
+    size_t arena_bytes = (size_t)c->n_slots * c->cfg.slot_bytes;
+    size_t n_keys = (size_t)c->cfg.n_layers * (size_t)c->cfg.n_experts;
+    size_t w = (size_t)c->cfg.working;
+    void *arena = NULL;
+    if (posix_memalign(&arena, EXPERT_IO_ALIGN, arena_bytes)) arena = NULL;
+    c->arena = arena;
+    c->slots = calloc((size_t)c->n_slots, sizeof *c->slots);
+    c->slot_of = malloc(n_keys * sizeof *c->slot_of);
+    c->item_slot = calloc(w, sizeof *c->item_slot);
+    c->hit_items = calloc(w, sizeof *c->hit_items);
+    c->req_item = calloc(w, sizeof *c->req_item);
+    c->reqs = calloc(w, sizeof *c->reqs);
+    if (!c->arena || !c->slots || !c->slot_of || !c->item_slot || !c->hit_items || !c->req_item || !c->reqs) {
+        err_set(err, errlen, "expert_cache: cannot allocate %d slots of %zu bytes (%zu MiB)", c->n_slots,
+                c->cfg.slot_bytes, arena_bytes >> 20);
+        goto fail;
+    }
+    c->memory_bytes = arena_bytes + (size_t)c->n_slots * sizeof *c->slots + n_keys * sizeof *c->slot_of +
+                      w * (3 * sizeof(int) + sizeof *c->reqs);
+    for (size_t k = 0; k < n_keys; k++) c->slot_of[k] = -1;
+    c->lru_head = c->lru_tail = -1;
+    for (int s = 0; s < c->n_slots; s++) {
+        c->slots[s].key = -1;
+        lru_push_tail(c, s);
+    }
+    return c;
+fail:
+    expert_cache_free(c);
+    return NULL;
+}
+
+void expert_cache_free(expert_cache *c) {
+    if (!c) return;
+    expert_cache_end(c);
+    free(c->arena);
+    free(c->slots);
+    free(c->slot_of);
+    free(c->item_slot);
+    free(c->hit_items);
+    free(c->req_item);
+    free(c->reqs);
+    free(c);
+}
+
+/* ---- one layer ---- */
+
+/* Undoes a begin that failed after pinning: every slot pinned so far is released. */
+static void begin_undo(expert_cache *c, int n) {
+    for (int i = 0; i < n; i++)
+        if (c->item_slot[i] >= 0) slot_unpin(c, c->item_slot[i]);
+}
+
+int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, char *err, size_t errlen) {
+    if (c->active) {
+        err_set(err, errlen, "expert_cache_begin: the previous layer was not ended");
+        return -1;
+    }
+    if (n < 0 || n > c->cfg.working) {
+        err_set(err, errlen, "expert_cache_begin: %d experts (at most %d at once)", n, c->cfg.working);
+        return -1;
+    }
+    if (layer < 0 || layer >= c->cfg.n_layers) {
+        err_set(err, errlen, "expert_cache_begin: layer %d out of range 0..%d", layer, c->cfg.n_layers - 1);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (experts[i] < 0 || experts[i] >= c->cfg.n_experts) {
+            err_set(err, errlen, "expert_cache_begin: expert %d out of range 0..%d", experts[i], c->cfg.n_experts - 1);
+            return -1;
+        }
+        for (int j = 0; j < i; j++)
+            if (experts[j] == experts[i]) {
+                err_set(err, errlen, "expert_cache_begin: expert %d listed twice", experts[i]);
+                return -1;
+            }
+    }
+
+    /* the hits first: pinned, no miss can evict them */
+    int base = layer * c->cfg.n_experts, n_hits = 0, n_misses = 0;
+    for (int i = 0; i < n; i++) {
+        int s = c->slot_of[base + experts[i]];
+        c->item_slot[i] = s;
+        if (s < 0) continue;
+        slot_pin(c, s);
+        c->hit_items[n_hits++] = i;
+    }
+    /* then each miss takes the least recently used unpinned slot; one exists, since at most
+     * `working` slots are pinned and there are more */
+    for (int i = 0; i < n; i++) {
+        if (c->item_slot[i] >= 0) continue;
+        int s = c->lru_head;
+        cache_slot *x = &c->slots[s];
+        slot_pin(c, s);
+        c->item_slot[i] = s;
+        if (x->key >= 0) {
+            c->slot_of[x->key] = -1;
+            c->evictions++;
+        }
+        x->key = -1;
+        x->state = SLOT_EMPTY;
+        expert_io_req *r = &c->reqs[n_misses];
+        memset(r, 0, sizeof *r);
+        char why[384];
+        if (c->cfg.locate(c->cfg.locate_ctx, layer, experts[i], r, why, sizeof why) < 0 ||
+            expert_io_layout(c->io, r, c->arena + (size_t)s * c->cfg.slot_bytes, c->cfg.slot_bytes, why,
+                             sizeof why) < 0) {
+            err_set(err, errlen, "expert (%d, %d): %s", layer, experts[i], why);
+            begin_undo(c, n);
+            return -1;
+        }
+        x->key = base + experts[i];
+        x->state = SLOT_LOADING;
+        x->x = *r;
+        c->slot_of[x->key] = s;
+        c->req_item[n_misses++] = i;
+    }
+    if (expert_io_submit(c->io, c->reqs, n_misses, err, errlen) < 0) {
+        begin_undo(c, n);
+        return -1;
+    }
+    c->active = 1;
+    c->n = n;
+    c->n_hits = n_hits;
+    c->n_misses = n_misses;
+    c->hits_returned = c->misses_returned = 0;
+    c->hits += (uint64_t)n_hits;
+    c->misses += (uint64_t)n_misses;
+    return n_misses;
+}
+
+/* After a read failure: the experts still loading hold nothing valid. */
+static void loads_drop(expert_cache *c) {
+    for (int i = 0; i < c->n; i++) {
+        cache_slot *x = &c->slots[c->item_slot[i]];
+        if (x->state != SLOT_LOADING) continue;
+        c->slot_of[x->key] = -1;
+        x->key = -1;
+        x->state = SLOT_EMPTY;
+    }
+    c->misses_returned = c->n_misses;
+}
+
+int expert_cache_next(expert_cache *c, int *i, const expert_io_req **x, char *err, size_t errlen) {
+    if (!c->active) return 0;
+    if (c->hits_returned < c->n_hits) {
+        *i = c->hit_items[c->hits_returned++];
+        *x = &c->slots[c->item_slot[*i]].x;
+        return 1;
+    }
+    if (c->misses_returned == c->n_misses) return 0;
+    int m, rc = expert_io_wait_any(c->io, &m, err, errlen);
+    if (rc < 0) {
+        loads_drop(c);
+        return -1;
+    }
+    if (rc == 0) { /* cannot happen: the engine returned fewer requests than were submitted */
+        err_set(err, errlen, "expert_cache_next: the engine ended the batch early");
+        loads_drop(c);
+        return -1;
+    }
+    c->misses_returned++;
+    *i = c->req_item[m];
+    cache_slot *s = &c->slots[c->item_slot[*i]];
+    s->state = SLOT_READY;
+    *x = &s->x;
+    return 1;
+}
+
+void expert_cache_end(expert_cache *c) {
+    if (!c->active) return;
+    while (c->misses_returned < c->n_misses) { /* the caller stopped early: finish (or drop) the reads */
+        int m;
+        if (expert_io_wait_any(c->io, &m, NULL, 0) != 1) {
+            loads_drop(c);
+            break;
+        }
+        c->misses_returned++;
+        c->slots[c->item_slot[c->req_item[m]]].state = SLOT_READY;
+    }
+    for (int i = 0; i < c->n; i++) slot_unpin(c, c->item_slot[i]);
+    c->active = 0;
+}
+
+const expert_io_req *expert_cache_peek(const expert_cache *c, int layer, int expert) {
+    if (layer < 0 || layer >= c->cfg.n_layers || expert < 0 || expert >= c->cfg.n_experts) return NULL;
+    int s = c->slot_of[layer * c->cfg.n_experts + expert];
+    return s >= 0 && c->slots[s].state == SLOT_READY ? &c->slots[s].x : NULL;
+}
+
+void expert_cache_stats_get(const expert_cache *c, expert_cache_stats *out) {
+    expert_io_stats io;
+    expert_io_stats_get(c->io, &io);
+    *out = (expert_cache_stats){.hits = c->hits,
+                                .misses = c->misses,
+                                .evictions = c->evictions,
+                                .requests = io.requests,
+                                .bytes_read = io.bytes,
+                                .wait_ns = io.wait_ns,
+                                .slots = c->n_slots,
+                                .slot_bytes = c->cfg.slot_bytes,
+                                .memory_bytes = c->memory_bytes};
+}

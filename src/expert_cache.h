@@ -1,0 +1,71 @@
+/* In-process expert cache: a fixed set of slots, each holding the bytes of one expert, kept in least-
+ * recently-used order, filled through an expert_io engine. Made for direct mode (O_DIRECT: the page
+ * cache keeps nothing, so this cache is the only one); it works over a cached-mode engine as well.
+ *
+ *   expert_cache *c = expert_cache_create(io, &(expert_cache_config){.n_layers = L, .n_experts = E,
+ *       .working = K, .budget_bytes = B, .locate = where_is_expert, .locate_ctx = model}, err, sizeof err);
+ *   per layer:
+ *     expert_cache_begin(c, layer, experts, k, err, sizeof err);  // hits pinned, misses start reading
+ *     while ((rc = expert_cache_next(c, &i, &x, err, sizeof err)) == 1)
+ *         compute expert experts[i] from x->piece[p].dest / x->piece[p].length;
+ *     expert_cache_end(c);                                        // unpins; rc < 0 is an error
+ *
+ * expert_cache_next returns the hits first, then each miss as soon as its bytes have arrived (in
+ * completion order), so compute overlaps the reads of the experts not yet arrived.
+ *
+ * Memory: working + budget_bytes / slot_bytes slots of slot_bytes each, allocated once at creation:
+ * the `working` slots are the in-flight buffers of one layer, the others are the cache proper. With
+ * budget_bytes 0 only the working slots exist (and a hit happens only when an expert is asked for
+ * again before another layer reuses its slot). Between begin and end the layer's slots are pinned:
+ * never evicted, their bytes stay valid. Nothing is allocated after creation.
+ *
+ * One layer is in progress at a time (begin ... end); a cache and its engine belong to one thread. */
+#ifndef FLASHMOE_EXPERT_CACHE_H
+#define FLASHMOE_EXPERT_CACHE_H
+#include "expert_io.h"
+
+/* Where expert (layer, expert) lies: fills where->n_pieces and each piece's fd, offset and length
+ * (dest is ignored: the cache places the pieces). Returns 0, or -1 with the reason in err. */
+typedef int (*expert_locate_fn)(void *ctx, int layer, int expert, expert_io_req *where, char *err,
+                                size_t errlen);
+
+typedef struct {
+    int n_layers, n_experts;
+    int working;         /* most experts one layer uses at once (top-k); at most the engine's max_requests */
+    size_t budget_bytes; /* bytes of cached experts kept beyond the working slots; may be 0 */
+    size_t slot_bytes;   /* room of one slot; 0: the largest expert_io_req_room of all experts (asks
+                            locate about every expert at creation) */
+    expert_locate_fn locate;
+    void *locate_ctx;
+} expert_cache_config;
+
+typedef struct {
+    uint64_t hits, misses, evictions; /* evictions: a resident expert dropped to make room */
+    uint64_t requests, bytes_read, wait_ns; /* of the engine (see expert_io_stats) */
+    int slots;
+    size_t slot_bytes;
+    size_t memory_bytes; /* everything the cache allocated: slots and tables */
+} expert_cache_stats;
+
+typedef struct expert_cache expert_cache;
+
+/* The engine must outlive the cache. NULL on failure, with the reason in err. */
+expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg, char *err, size_t errlen);
+void expert_cache_free(expert_cache *c);
+
+/* Starts the experts of one layer (no duplicates, at most `working`): pins those resident, picks
+ * slots for the others (evicting the least recently used unpinned experts) and starts reading them.
+ * Returns the number of misses, or -1 with the reason in err (nothing is left pinned). */
+int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, char *err, size_t errlen);
+/* Next expert of the layer whose bytes are in memory: sets *i (its position in the begin list) and
+ * *x (its pieces; dest points at the bytes of each). Returns 1, 0 when all were returned, or -1 on a
+ * read failure (the message names the file; the failed experts are not kept). */
+int expert_cache_next(expert_cache *c, int *i, const expert_io_req **x, char *err, size_t errlen);
+/* Ends the layer: waits for reads still in flight, unpins its slots (most recently used now). */
+void expert_cache_end(expert_cache *c);
+
+/* The resident bytes of (layer, expert), or NULL; changes neither statistics nor LRU order. */
+const expert_io_req *expert_cache_peek(const expert_cache *c, int layer, int expert);
+void expert_cache_stats_get(const expert_cache *c, expert_cache_stats *out);
+
+#endif
