@@ -1,0 +1,81 @@
+/* Gated DeltaNet (linear-attention layers), recurrent form: one position at a time. */
+#include <math.h>
+#include <string.h>
+
+#include "state.h"
+
+/* torch.nn.functional.softplus (beta 1, threshold 20) */
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* x * rsqrt(sum(x^2) + eps), as the FLA-compatible l2norm */
+static void l2norm(float *x, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss + eps);
+    for (int i = 0; i < n; i++) x[i] *= r;
+}
+
+/* Depthwise causal conv1d (no bias) over the new input and the last kernel-1 inputs, then SiLU; shifts
+ * the new input into the conv state. */
+static void causal_conv_silu(float *x, float *conv_state, const float *weight, int channels, int kernel) {
+    int hist = kernel - 1;
+    for (int ch = 0; ch < channels; ch++) {
+        const float *wk = weight + (size_t)ch * kernel;
+        float acc = wk[hist] * x[ch];
+        for (int j = 0; j < hist; j++) acc += wk[j] * conv_state[(size_t)j * channels + ch];
+        for (int j = 0; j + 1 < hist; j++)
+            conv_state[(size_t)j * channels + ch] = conv_state[(size_t)(j + 1) * channels + ch];
+        if (hist > 0) conv_state[(size_t)(hist - 1) * channels + ch] = x[ch];
+        x[ch] = silu(acc);
+    }
+}
+
+void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out) {
+    const model_config *c = &s->m->cfg;
+    int Hk = c->lin_k_heads, Hv = c->lin_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
+    int key_dim = Hk * dk, value_dim = Hv * dv, conv_dim = 2 * key_dim + value_dim, r = Hv / Hk;
+
+    /* [q | k | v] = conv(in_proj_qkv(x)); z = in_proj_z(x); b = in_proj_b(x); a = in_proj_a(x) */
+    state_matvec(s, s->qkv, &w->in_qkv, xn);
+    state_matvec(s, s->z, &w->in_z, xn);
+    state_matvec(s, s->beta, &w->in_b, xn);
+    state_matvec(s, s->decay, &w->in_a, xn);
+    causal_conv_silu(s->qkv, s->conv_state[layer], w->conv_w, conv_dim, c->conv_kernel);
+    float *q = s->qkv, *k = s->qkv + key_dim, *v = s->qkv + 2 * key_dim;
+
+    /* q, k: l2-normalised per head; q scaled by 1/sqrt(dk) */
+    float qscale = 1.0f / sqrtf((float)dk);
+    for (int h = 0; h < Hk; h++) {
+        l2norm(q + (size_t)h * dk, dk, 1e-6f);
+        l2norm(k + (size_t)h * dk, dk, 1e-6f);
+        for (int i = 0; i < dk; i++) q[(size_t)h * dk + i] *= qscale;
+    }
+
+    for (int h = 0; h < Hv; h++) {
+        /* beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias); decay = exp(g) */
+        float beta = sigmoid(s->beta[h]);
+        float decay = expf(w->neg_A[h] * softplus(s->decay[h] + w->dt_bias[h]));
+        const float *qh = q + (size_t)(h / r) * dk, *kh = k + (size_t)(h / r) * dk, *vh = v + (size_t)h * dv;
+        float *S = s->rec_state[layer] + (size_t)h * dk * dv; /* [dk][dv] */
+        float *o = s->o + (size_t)h * dv;
+        /* S = decay * S; u = S^T k; S += k (beta (v - u))^T; o = S^T q. Column j of S depends only on
+         * column j, so the three steps run column by column. */
+        for (size_t i = 0; i < (size_t)dk * dv; i++) S[i] *= decay;
+        for (int j = 0; j < dv; j++) {
+            float uj = 0.0f;
+            for (int i = 0; i < dk; i++) uj += S[(size_t)i * dv + j] * kh[i];
+            float delta = beta * (vh[j] - uj);
+            float oj = 0.0f;
+            for (int i = 0; i < dk; i++) {
+                S[(size_t)i * dv + j] += kh[i] * delta;
+                oj += S[(size_t)i * dv + j] * qh[i];
+            }
+            o[j] = oj;
+        }
+        /* gated norm: w * rmsnorm(o) * silu(z), plain weight */
+        const float *zh = s->z + (size_t)h * dv;
+        rmsnorm(o, o, w->gdn_norm, dv, c->norm_eps);
+        for (int j = 0; j < dv; j++) o[j] *= silu(zh[j]);
+    }
+    state_matvec(s, out, &w->out_proj, s->o); /* out_proj */
+}

@@ -1,0 +1,89 @@
+/* Expert source over a mapped HF checkpoint: every expert is a set of views into the safetensors. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "experts.h"
+
+typedef struct {
+    expert_source base;
+    int n_layers, n_experts;
+    expert_view *table; /* [n_layers * n_experts] */
+} mapped_source;
+
+static int mapped_fetch(expert_source *s, int layer, const int *ids, int n, expert_view *out, char *err,
+                        size_t errlen) {
+    mapped_source *m = (mapped_source *)s;
+    for (int i = 0; i < n; i++) {
+        if (layer < 0 || layer >= m->n_layers || ids[i] < 0 || ids[i] >= m->n_experts) {
+            snprintf(err, errlen, "expert %d of layer %d does not exist", ids[i], layer);
+            return -1;
+        }
+        out[i] = m->table[(size_t)layer * m->n_experts + ids[i]];
+    }
+    return 0;
+}
+
+static void mapped_free(expert_source *s) {
+    mapped_source *m = (mapped_source *)s;
+    free(m->table);
+    free(m);
+}
+
+static const expert_source_ops mapped_ops = {mapped_fetch, mapped_free};
+
+/* Row slice [r0, r0 + rows) of a 3-D tensor's matrix e, as a view. */
+static qmat slice(const st_tensor *t, int e, int r0, int rows) {
+    size_t es = st_dtype_size(t->dtype);
+    size_t per_expert = (size_t)t->shape[1] * (size_t)t->shape[2] * es;
+    const char *base = (const char *)t->data + per_expert * (size_t)e + (size_t)r0 * (size_t)t->shape[2] * es;
+    return (qmat){.type = (dtype)ckpt_kernel_dtype(t->dtype), .rows = rows, .cols = (int)t->shape[2], .data = base};
+}
+
+static int load_layer(mapped_source *m, const checkpoint *ck, const model_config *c, int l, char *err,
+                      size_t errlen) {
+    char name[512];
+    int E = c->n_experts, I = c->expert_inter, H = c->hidden_size;
+    expert_view *row = &m->table[(size_t)l * E];
+    snprintf(name, sizeof name, "%slayers.%d.mlp.experts.gate_up_proj", ck->prefix, l);
+    if (ckpt_find(ck, name, NULL)) { /* fused */
+        const st_tensor *gu, *dn;
+        int64_t gu_shape[3] = {E, 2 * I, H}, dn_shape[3] = {E, H, I};
+        if (ckpt_get(ck, name, 3, gu_shape, &gu, NULL, err, errlen)) return -1;
+        snprintf(name, sizeof name, "%slayers.%d.mlp.experts.down_proj", ck->prefix, l);
+        if (ckpt_get(ck, name, 3, dn_shape, &dn, NULL, err, errlen)) return -1;
+        for (int e = 0; e < E; e++) {
+            row[e].gate = slice(gu, e, 0, I);
+            row[e].up = slice(gu, e, I, I);
+            row[e].down = slice(dn, e, 0, H);
+        }
+        return 0;
+    }
+    for (int e = 0; e < E; e++) {
+        snprintf(name, sizeof name, "%slayers.%d.mlp.experts.%d.gate_proj.weight", ck->prefix, l, e);
+        if (ckpt_matrix(ck, name, I, H, &row[e].gate, err, errlen)) return -1;
+        snprintf(name, sizeof name, "%slayers.%d.mlp.experts.%d.up_proj.weight", ck->prefix, l, e);
+        if (ckpt_matrix(ck, name, I, H, &row[e].up, err, errlen)) return -1;
+        snprintf(name, sizeof name, "%slayers.%d.mlp.experts.%d.down_proj.weight", ck->prefix, l, e);
+        if (ckpt_matrix(ck, name, H, I, &row[e].down, err, errlen)) return -1;
+    }
+    return 0;
+}
+
+expert_source *experts_open_mapped(const checkpoint *ck, const model_config *c, char *err, size_t errlen) {
+    mapped_source *m = calloc(1, sizeof *m);
+    if (m) m->table = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *m->table);
+    if (!m || !m->table) {
+        free(m);
+        snprintf(err, errlen, "%s: out of memory for the expert table", ck->dir);
+        return NULL;
+    }
+    m->base.ops = &mapped_ops;
+    m->n_layers = c->n_layers;
+    m->n_experts = c->n_experts;
+    for (int l = 0; l < c->n_layers; l++)
+        if (load_layer(m, ck, c, l, err, errlen)) {
+            mapped_free(&m->base);
+            return NULL;
+        }
+    return &m->base;
+}

@@ -1,0 +1,82 @@
+/* A loaded Qwen3.5-MoE model and the per-conversation state that a forward pass advances.
+ *
+ *   model *m = model_load(dir, &opts, err, sizeof err);
+ *   state *s = state_create(m, max_ctx, err, sizeof err);
+ *   model_forward(m, s, ids, n, logits, 0, err, sizeof err);   // logits of the last position
+ *   ...                                                         // later calls continue from the cache
+ *   state_free(s); model_free(m);
+ *
+ * Non-expert weights are views into the mapped checkpoint, in their own dtype; small vectors (norms,
+ * conv kernels, gates' parameters) are converted to f32 at load. Experts come through expert_source. */
+#ifndef FLASHMOE_MODEL_H
+#define FLASHMOE_MODEL_H
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "config.h"
+#include "experts.h"
+#include "tensor.h"
+#include "threadpool.h"
+
+typedef struct {
+    int top_k;   /* experts per token; 0 = the model's own */
+    int threads; /* 0 or 1 = single-threaded */
+} model_opts;
+
+typedef struct {
+    layer_type type;
+    float *input_norm; /* [H], stored as (1 + w): zero-centred RMSNorm */
+    float *post_norm;  /* [H], (1 + w) */
+    /* gated attention */
+    qmat q_proj;  /* [n_heads * head_dim * 2, H]: per head, head_dim query rows then head_dim gate rows */
+    qmat k_proj;  /* [n_kv_heads * head_dim, H] */
+    qmat v_proj;  /* [n_kv_heads * head_dim, H] */
+    qmat o_proj;  /* [H, n_heads * head_dim] */
+    float *q_norm, *k_norm; /* [head_dim], (1 + w) */
+    /* gated delta net */
+    qmat in_qkv;      /* [2 * Hk * dk + Hv * dv, H] */
+    qmat in_z;        /* [Hv * dv, H] */
+    qmat in_b, in_a;  /* [Hv, H] */
+    qmat out_proj;    /* [H, Hv * dv] */
+    float *conv_w;    /* [conv_dim, kernel] */
+    float *neg_A;     /* [Hv], -exp(A_log) */
+    float *dt_bias;   /* [Hv] */
+    float *gdn_norm;  /* [dv], plain w (this norm is not zero-centred) */
+    /* sparse MoE */
+    qmat router;                  /* [E, H] */
+    qmat sh_gate, sh_up, sh_down; /* shared expert: [Is, H], [Is, H], [H, Is] */
+    qmat sh_expert_gate;          /* [1, H] */
+} layer_weights;
+
+typedef struct {
+    model_config cfg;
+    int top_k; /* in use (opts or native) */
+    checkpoint ck;
+    qmat embed;   /* [V, H] */
+    qmat lm_head; /* [V, H] (the embedding when tied) */
+    float *final_norm; /* [H], (1 + w) */
+    layer_weights *layers;
+    expert_source *experts;
+    pool *pool;
+    float **f32_allocs; /* small converted vectors, freed with the model */
+    int n_f32_allocs;
+} model;
+
+model *model_load(const char *dir, const model_opts *opts, char *err, size_t errlen);
+void model_free(model *m);
+
+typedef struct state state;
+
+/* KV cache for max_ctx positions, recurrent and conv state, and all scratch: nothing is allocated after. */
+state *state_create(const model *m, int max_ctx, char *err, size_t errlen);
+void state_free(state *s);
+void state_reset(state *s);
+int state_pos(const state *s);
+
+/* Runs tokens[0..n) from the current position. logits: if all_logits, [n x vocab] (every position);
+ * else [vocab] for the last position; may be NULL. Returns 0, or -1 with a message (bad token id,
+ * context full, expert read failure). */
+int model_forward(model *m, state *s, const int32_t *tokens, int n, float *logits, int all_logits, char *err,
+                  size_t errlen);
+
+#endif

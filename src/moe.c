@@ -1,0 +1,58 @@
+/* Sparse MoE block: router, top-k with renormalised weights, routed experts, gated shared expert. */
+#include <math.h>
+#include <string.h>
+
+#include "state.h"
+
+/* out += weight * down(silu(gate x) * up x) */
+static void swiglu_mlp_accum(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *x,
+                             float weight, float *out) {
+    int inter = gate->rows, H = down->rows;
+    state_matvec(s, s->eh, gate, x);
+    state_matvec(s, s->eu, up, x);
+    for (int i = 0; i < inter; i++) s->eh[i] = silu(s->eh[i]) * s->eu[i];
+    state_matvec(s, s->eo, down, s->eh);
+    for (int i = 0; i < H; i++) out[i] += weight * s->eo[i];
+}
+
+/* Indices of the k largest p (ties: lower index first, as a stable sort would), in descending order. */
+static void top_k(const float *p, int n, int k, int *ids) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < n; e++) {
+            int taken = 0;
+            for (int t = 0; t < j; t++) taken |= ids[t] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        ids[j] = best;
+    }
+}
+
+int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out, char *err, size_t errlen) {
+    const model *m = s->m;
+    int E = m->cfg.n_experts, K = m->top_k, H = m->cfg.hidden_size;
+
+    /* p = softmax(router(x)); top-k; weights renormalised to sum to 1 */
+    float *p = s->router;
+    state_matvec(s, p, &w->router, xn);
+    float maxl = -INFINITY, sum = 0.0f;
+    for (int e = 0; e < E; e++) maxl = p[e] > maxl ? p[e] : maxl;
+    for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - maxl));
+    for (int e = 0; e < E; e++) p[e] /= sum;
+    top_k(p, E, K, s->topk_id);
+    float wsum = 0.0f;
+    for (int j = 0; j < K; j++) wsum += p[s->topk_id[j]];
+    for (int j = 0; j < K; j++) s->topk_w[j] = p[s->topk_id[j]] / wsum;
+
+    memset(out, 0, sizeof(float) * (size_t)H);
+    /* shared expert, gated by sigmoid(shared_expert_gate(x)) */
+    float sg;
+    state_matvec(s, &sg, &w->sh_expert_gate, xn);
+    swiglu_mlp_accum(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, sigmoid(sg), out);
+
+    /* routed experts: sum_j w_j * expert_j(x) */
+    if (experts_fetch(m->experts, layer, s->topk_id, K, s->views, err, errlen)) return -1;
+    for (int j = 0; j < K; j++)
+        swiglu_mlp_accum(s, &s->views[j].gate, &s->views[j].up, &s->views[j].down, xn, s->topk_w[j], out);
+    return 0;
+}

@@ -1,0 +1,13 @@
+/* Small helpers shared by the loaders. */
+#ifndef FLASHMOE_UTIL_H
+#define FLASHMOE_UTIL_H
+#include <stddef.h>
+
+/* Whole file into a NUL-terminated buffer (free with free). NULL with "PATH: reason" in err. */
+char *util_read_file(const char *path, size_t *len, char *err, size_t errlen);
+/* dir + "/" + name into out; -1 if it does not fit. */
+int util_path_join(char *out, size_t outlen, const char *dir, const char *name);
+int util_file_exists(const char *path);
+double util_now_seconds(void);
+
+#endif

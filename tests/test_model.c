@@ -1,0 +1,173 @@
+/* The forward pass against transformers: every fixture in tests/fixtures was written by
+ * tools/make_fixtures.py on the GPU machine, with logits of every prompt position and a greedy
+ * continuation generated with transformers' cache.
+ *
+ * Tolerance: max |logit - ref| <= 1e-4 * max |ref|. Both sides compute in float32 from the same weights;
+ * what differs is summation order (about 1e-7 relative per operation, growing with depth and dot length to
+ * around 1e-6 here), so 1e-4 leaves two orders of magnitude of margin while any real mistake (a wrong
+ * norm, a missed gate, a mis-routed expert) moves logits by 1e-2 or more. */
+#include <cjson/cJSON.h>
+#include <math.h>
+
+#include "model.h"
+#include "test.h"
+#include "util.h"
+
+static const char *fixtures[] = {
+    "tests/fixtures/tiny-a-f32",      "tests/fixtures/tiny-a-f32-other-experts",
+    "tests/fixtures/tiny-b-bf16-vl",  "tests/fixtures/tiny-c-f16-sharded",
+};
+
+typedef struct {
+    int32_t prompt[64], greedy[64];
+    int n_prompt, n_greedy, vocab;
+    float *logits; /* [n_prompt x vocab] */
+} reference;
+
+static int ids_from_json(const cJSON *a, int32_t *out, int cap) {
+    int n = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, a) if (n < cap) out[n++] = (int32_t)v->valuedouble;
+    return n;
+}
+
+static int reference_load(reference *r, const char *dir) {
+    char path[512], err[512];
+    snprintf(path, sizeof path, "%s/ref/ref.json", dir);
+    char *text = util_read_file(path, NULL, err, sizeof err);
+    CHECK(text != NULL, "%s", err);
+    if (!text) return -1;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    r->n_prompt = ids_from_json(cJSON_GetObjectItem(j, "prompt_ids"), r->prompt, 64);
+    r->n_greedy = ids_from_json(cJSON_GetObjectItem(j, "greedy_ids"), r->greedy, 64);
+    r->vocab = cJSON_GetObjectItem(j, "vocab_size")->valueint;
+    cJSON_Delete(j);
+    snprintf(path, sizeof path, "%s/ref/logits.f32", dir);
+    size_t len;
+    r->logits = (float *)util_read_file(path, &len, err, sizeof err);
+    CHECK(r->logits && len == sizeof(float) * (size_t)r->n_prompt * r->vocab, "%s: %zu bytes", path, len);
+    return r->logits ? 0 : -1;
+}
+
+/* Logits of every prompt position, one token per call, against transformers' full-sequence forward. */
+static void check_logits(const char *dir, int threads) {
+    reference r;
+    if (reference_load(&r, dir)) return;
+    char err[1024];
+    model_opts o = {.threads = threads};
+    model *m = model_load(dir, &o, err, sizeof err);
+    CHECK(m != NULL, "%s", err);
+    if (!m) return;
+    state *s = state_create(m, 256, err, sizeof err);
+    float *logits = malloc(sizeof(float) * (size_t)r.n_prompt * r.vocab);
+    CHECK(model_forward(m, s, r.prompt, r.n_prompt, logits, 1, err, sizeof err) == 0, "%s", err);
+    float max_ref = 0, max_diff = 0;
+    int worst = 0;
+    for (size_t i = 0; i < (size_t)r.n_prompt * r.vocab; i++) {
+        max_ref = fmaxf(max_ref, fabsf(r.logits[i]));
+        float d = fabsf(logits[i] - r.logits[i]);
+        if (!(d <= max_diff)) {
+            max_diff = d;
+            worst = (int)i;
+        }
+    }
+    CHECK(max_diff <= 1e-4f * max_ref, "%s: max |logit - ref| = %g at position %d token %d (ours %g, ref %g), "
+          "bound %g", dir, max_diff, worst / r.vocab, worst % r.vocab, logits[worst], r.logits[worst],
+          1e-4 * max_ref);
+    printf("  %s (threads %d): max |diff| %.3g, max |ref| %.3g\n", dir, threads, max_diff, max_ref);
+    free(logits);
+    free(r.logits);
+    state_free(s);
+    model_free(m);
+}
+
+/* Greedy continuation with the cache: prompt at once, then one token at a time. */
+static void check_greedy(const char *dir) {
+    reference r;
+    if (reference_load(&r, dir)) return;
+    char err[1024];
+    model *m = model_load(dir, NULL, err, sizeof err);
+    CHECK(m != NULL, "%s", err);
+    if (!m) return;
+    state *s = state_create(m, 256, err, sizeof err);
+    float *logits = malloc(sizeof(float) * (size_t)r.vocab);
+    int ok = model_forward(m, s, r.prompt, r.n_prompt, logits, 0, err, sizeof err) == 0;
+    for (int t = 0; ok && t < r.n_greedy; t++) {
+        int32_t best = 0;
+        for (int v = 1; v < r.vocab; v++)
+            if (logits[v] > logits[best]) best = v;
+        CHECK(best == r.greedy[t], "%s: greedy token %d is %d, transformers gave %d", dir, t, best, r.greedy[t]);
+        if (best != r.greedy[t]) break;
+        ok = model_forward(m, s, &best, 1, logits, 0, err, sizeof err) == 0;
+    }
+    CHECK(ok, "%s", err);
+    /* the state resets to a fresh conversation */
+    state_reset(s);
+    float *again = malloc(sizeof(float) * (size_t)r.vocab);
+    model_forward(m, s, r.prompt, r.n_prompt, again, 0, err, sizeof err);
+    for (int t = 0; t < r.n_greedy; t++) model_forward(m, s, &r.greedy[t], 1, logits, 0, err, sizeof err);
+    state_reset(s);
+    model_forward(m, s, r.prompt, r.n_prompt, logits, 0, err, sizeof err);
+    CHECK(memcmp(again, logits, sizeof(float) * (size_t)r.vocab) == 0, "%s: state_reset did not reset", dir);
+    free(again);
+    free(logits);
+    free(r.logits);
+    state_free(s);
+    model_free(m);
+}
+
+static void test_logits_match_transformers(void) {
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 1);
+}
+
+static void test_logits_match_transformers_threaded(void) {
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 2);
+}
+
+static void test_greedy_matches_transformers(void) {
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_greedy(fixtures[i]);
+}
+
+/* Experts per token below the native value still routes, renormalises and runs (the speed knob). */
+static void test_fewer_experts_per_token(void) {
+    char err[1024];
+    model_opts o = {.top_k = 2};
+    model *m = model_load(fixtures[0], &o, err, sizeof err);
+    CHECK(m && m->top_k == 2, "%s", err);
+    if (!m) return;
+    state *s = state_create(m, 64, err, sizeof err);
+    int32_t ids[3] = {5, 6, 7};
+    float *l = malloc(sizeof(float) * (size_t)m->cfg.vocab_size);
+    CHECK(model_forward(m, s, ids, 3, l, 0, err, sizeof err) == 0, "%s", err);
+    int finite = 1;
+    for (int v = 0; v < m->cfg.vocab_size; v++) finite &= isfinite(l[v]);
+    CHECK(finite, "non-finite logits with 2 experts per token");
+    free(l);
+    state_free(s);
+    model_free(m);
+    o.top_k = 9; /* more than the 8 experts */
+    CHECK(model_load(fixtures[0], &o, err, sizeof err) == NULL && strstr(err, "exceeds"), "%s", err);
+}
+
+static void test_context_full_and_bad_token(void) {
+    char err[1024];
+    model *m = model_load(fixtures[0], NULL, err, sizeof err);
+    if (!m) return;
+    state *s = state_create(m, 4, err, sizeof err);
+    int32_t ids[5] = {1, 2, 3, 4, 5};
+    CHECK(model_forward(m, s, ids, 5, NULL, 0, err, sizeof err) != 0 && strstr(err, "context full"), "%s", err);
+    int32_t bad = m->cfg.vocab_size;
+    CHECK(model_forward(m, s, &bad, 1, NULL, 0, err, sizeof err) != 0 && strstr(err, "out of range"), "%s", err);
+    state_free(s);
+    model_free(m);
+}
+
+int main(void) {
+    RUN_TEST(test_logits_match_transformers);
+    RUN_TEST(test_logits_match_transformers_threaded);
+    RUN_TEST(test_greedy_matches_transformers);
+    RUN_TEST(test_fewer_experts_per_token);
+    RUN_TEST(test_context_full_and_bad_token);
+    TEST_EXIT();
+}
