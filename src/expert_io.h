@@ -61,6 +61,8 @@ typedef struct {
     int max_requests;     /* most requests in one batch; 0: 256 */
     long fail_after;      /* test hook, see above; 0: off. FLASHMOE_IO_FAIL_AFTER overrides it */
     int quiet;            /* 1: no notice on stderr when falling back from io_uring to threads */
+    size_t read_cap;      /* test hook: each read call asks for at most this many bytes (rounded up
+                             to 4096 on O_DIRECT fds), so pieces complete through short reads; 0: off */
 } expert_io_config;
 
 typedef struct {
