@@ -122,7 +122,7 @@ def check_margins(model, ids, k):
         def hook(mod, inp, out):
             logits = out[0] if isinstance(out, tuple) else out
             s = torch.sort(logits.float(), dim=-1, descending=True).values
-            gaps.append((s[:, k - 1] - s[:, k]).min().item())
+            gaps.append((s[:, k - 1] - s[:, k]).min().item() if k < s.shape[-1] else float("inf"))
         hooks.append(layer.mlp.gate.register_forward_hook(hook))
     with torch.no_grad():
         model(input_ids=ids)
