@@ -10,5 +10,9 @@ COMMAND_FN(cmd_logits);
 COMMAND_FN(cmd_tokenize);
 COMMAND_FN(cmd_detokenize);
 COMMAND_FN(cmd_chat);
+COMMAND_FN(cmd_perplexity);
+COMMAND_FN(cmd_convert);
+COMMAND_FN(cmd_synth);
+COMMAND_FN(cmd_bench);
 
 #endif

@@ -16,6 +16,10 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"detokenize", cmd_detokenize, "print the text of token ids"},
     {"chat", cmd_chat, "interactive chat"},
+    {"perplexity", cmd_perplexity, "perplexity, and KL divergence against a reference run"},
+    {"convert", cmd_convert, "convert a checkpoint to flashmoe's packed, quantized format"},
+    {"synth", cmd_synth, "write a random-weight model at a real geometry (for benchmarks)"},
+    {"bench", cmd_bench, "prefill and decode speed against the hardware's floor"},
 };
 
 static void usage(FILE *f) {
