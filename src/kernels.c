@@ -1,7 +1,14 @@
-/* Scalar reference kernels: the algorithmic definition of every weight format. */
-#include "kernels.h"
+/* Kernels: the scalar reference (the algorithmic definition of every weight format), the run-time
+ * choice of SIMD level, and the level-independent drivers (column chunks, prepared x, fused expert
+ * operations, threads) around each level's row kernels (kernels_avx2.c, kernels_avx512.c). */
+#include "kernels_impl.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 const char *dtype_name(dtype t) {
     static const char *names[DTYPE_COUNT] = {"F32", "F16", "BF16", "Q8", "Q4", "Q3", "Q2"};
@@ -54,6 +61,25 @@ uint16_t f32_to_f16(float f) {
     return (uint16_t)h;
 }
 
+size_t qmat_data_bytes(const qmat *w) { return (size_t)w->rows * w->cols * dtype_bits(w->type) / 8; }
+
+size_t qmat_group_count(const qmat *w) {
+    return dtype_is_quant(w->type) && w->group > 0 ? (size_t)w->rows * w->cols / w->group : 0;
+}
+
+const char *qmat_check(const qmat *w) {
+    if ((unsigned)w->type >= DTYPE_COUNT) return "unknown dtype";
+    if (w->rows <= 0 || w->cols <= 0) return "rows and cols must be positive";
+    if (!w->data) return "no data";
+    if (!dtype_is_quant(w->type)) return NULL;
+    if (w->group != 32 && w->group != 64 && w->group != 128) return "group must be 32, 64 or 128";
+    if (w->cols % w->group) return "cols must be a multiple of group";
+    if (!w->scales || !w->biases) return "quantized matrix without scales or biases";
+    return NULL;
+}
+
+/* ---- scalar reference ------------------------------------------------------------------------ */
+
 /* Value c of a quantized row: unpack bits from LSB-first uint32 words, then q * scale + bias. */
 static float quant_value(const qmat *w, int r, int c) {
     int bits = dtype_bits(w->type);
@@ -84,40 +110,279 @@ void kernel_row_f32(float *out, const qmat *w, int row) {
     }
 }
 
-void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1) {
-    for (int r = r0; r < r1; r++) {
-        size_t base = (size_t)r * w->cols;
-        float acc = 0.0f;
-        switch (w->type) {
-        case DTYPE_F32: {
-            const float *row = (const float *)w->data + base;
-            for (int c = 0; c < w->cols; c++) acc += row[c] * x[c];
-            break;
-        }
-        case DTYPE_F16: {
-            const uint16_t *row = (const uint16_t *)w->data + base;
-            for (int c = 0; c < w->cols; c++) acc += f16_to_f32(row[c]) * x[c];
-            break;
-        }
-        case DTYPE_BF16: {
-            const uint16_t *row = (const uint16_t *)w->data + base;
-            for (int c = 0; c < w->cols; c++) acc += bf16_to_f32(row[c]) * x[c];
-            break;
-        }
-        default:
-            for (int c = 0; c < w->cols; c++) acc += quant_value(w, r, c) * x[c];
-            break;
-        }
-        y[r] = acc;
+/* W[r] . x, summed left to right in f32. */
+static float ref_row_dot(const qmat *w, int r, const float *x) {
+    size_t base = (size_t)r * w->cols;
+    float acc = 0.0f;
+    switch (w->type) {
+    case DTYPE_F32: {
+        const float *row = (const float *)w->data + base;
+        for (int c = 0; c < w->cols; c++) acc += row[c] * x[c];
+        break;
     }
+    case DTYPE_F16: {
+        const uint16_t *row = (const uint16_t *)w->data + base;
+        for (int c = 0; c < w->cols; c++) acc += f16_to_f32(row[c]) * x[c];
+        break;
+    }
+    case DTYPE_BF16: {
+        const uint16_t *row = (const uint16_t *)w->data + base;
+        for (int c = 0; c < w->cols; c++) acc += bf16_to_f32(row[c]) * x[c];
+        break;
+    }
+    default:
+        for (int c = 0; c < w->cols; c++) acc += quant_value(w, r, c) * x[c];
+        break;
+    }
+    return acc;
+}
+
+void kernel_matvec_rows_ref(float *y, const qmat *w, const float *x, int r0, int r1) {
+    for (int r = r0; r < r1; r++) y[r] = ref_row_dot(w, r, x);
+}
+
+static float silu(float g) { return g / (1.0f + expf(-g)); }
+
+/* ---- run-time choice of level ------------------------------------------------------------------ */
+
+/* The one-time dispatch state: the level in use, set once from cpuid and FLASHMOE_KERNELS. */
+static struct {
+    pthread_once_t once;
+    _Atomic int level;
+} dispatch = {PTHREAD_ONCE_INIT, KERNEL_SCALAR};
+
+const char *kernel_level_name(kernel_level l) {
+    static const char *names[KERNEL_LEVEL_COUNT] = {"scalar", "avx2", "avx512"};
+    return (unsigned)l < KERNEL_LEVEL_COUNT ? names[l] : "?";
+}
+
+static const kernel_ops *level_ops(kernel_level l) {
+    switch (l) {
+    case KERNEL_AVX2: return kernel_ops_avx2();
+    case KERNEL_AVX512: return kernel_ops_avx512();
+    default: return NULL;
+    }
+}
+
+int kernel_level_available(kernel_level l) {
+    if (l == KERNEL_SCALAR) return 1;
+    if ((unsigned)l >= KERNEL_LEVEL_COUNT || !level_ops(l)) return 0;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (l == KERNEL_AVX2) return avx2;
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+static void level_init(void) {
+    int best = KERNEL_SCALAR;
+    for (int l = KERNEL_SCALAR; l < KERNEL_LEVEL_COUNT; l++)
+        if (kernel_level_available((kernel_level)l)) best = l;
+    const char *env = getenv("FLASHMOE_KERNELS");
+    if (env && *env) {
+        int want = -1;
+        for (int l = 0; l < KERNEL_LEVEL_COUNT; l++)
+            if (!strcmp(env, kernel_level_name((kernel_level)l))) want = l;
+        if (want < 0) {
+            fprintf(stderr, "flashmoe: FLASHMOE_KERNELS=%s is not scalar, avx2 or avx512; using %s\n", env,
+                    kernel_level_name((kernel_level)best));
+        } else {
+            while (!kernel_level_available((kernel_level)want)) want--;
+            if (strcmp(env, kernel_level_name((kernel_level)want)))
+                fprintf(stderr, "flashmoe: this CPU lacks %s kernels; using %s\n", env,
+                        kernel_level_name((kernel_level)want));
+            best = want;
+        }
+    }
+    atomic_store(&dispatch.level, best);
+}
+
+kernel_level kernel_level_active(void) {
+    pthread_once(&dispatch.once, level_init);
+    return (kernel_level)atomic_load_explicit(&dispatch.level, memory_order_relaxed);
+}
+
+int kernel_level_force(kernel_level l) {
+    pthread_once(&dispatch.once, level_init);
+    if (!kernel_level_available(l)) return -1;
+    atomic_store(&dispatch.level, (int)l);
+    return 0;
+}
+
+/* The active level's row kernels for w; NULL means the scalar reference, which is also what a
+ * quantized layout outside the SIMD kernels' assumptions (group 32/64/128 dividing cols) gets. */
+static const kernel_ops *active_ops(const qmat *w) {
+    if (dtype_is_quant(w->type) && ((w->group != 32 && w->group != 64 && w->group != 128) || w->cols % w->group))
+        return NULL;
+    return level_ops(kernel_level_active());
+}
+
+/* ---- level-independent drivers ----------------------------------------------------------------- */
+
+/* Stack space for the prepared x of up to KERNEL_NB vectors. */
+typedef struct {
+    float f[KERNEL_XBUF + KERNEL_NB * KERNEL_MAX_GROUPS];
+} xscratch;
+
+/* Columns per chunk with nb x vectors prepared at once: all of them if they fit. */
+static int chunk_cols(int cols, int nb) {
+    int chunk = KERNEL_XBUF / nb / KERNEL_CHUNK_ALIGN * KERNEL_CHUNK_ALIGN;
+    return cols < chunk ? cols : chunk;
+}
+
+/* Prepares columns [c0, c1) of x (a full row of cols values) for w's row kernel at this level, in
+ * slot `slot` of nslots (see kernels_impl.h for the layout). */
+static void xview_prepare(const kernel_ops *ops, const qmat *w, const float *x, int c0, int c1, xscratch *s,
+                          int slot, int nslots, kernel_xview *xv) {
+    float *xp = s->f + (size_t)slot * (KERNEL_XBUF / nslots);
+    float *xsum = s->f + KERNEL_XBUF + (size_t)slot * KERNEL_MAX_GROUPS;
+    int n = c1 - c0, pack = ops->pack[w->type], lanes = ops->lanes;
+    const float *xc = x + c0;
+    xv->xsum = NULL;
+    if (dtype_is_quant(w->type)) {
+        int ng = n / w->group;
+        for (int g = 0; g < ng; g++) {
+            float sum = 0.0f;
+            for (int c = g * w->group; c < (g + 1) * w->group; c++) sum += xc[c];
+            xsum[g] = sum;
+        }
+        memset(xsum + ng, 0, 32 * sizeof(float));
+        xv->xsum = xsum;
+    }
+    if (pack == 1) {
+        xv->x = xc;
+        return;
+    }
+    int block = lanes * pack;
+    for (int e = 0; e < n; e += block)
+        for (int k = 0; k < pack; k++)
+            for (int i = 0; i < lanes; i++) {
+                int c = e + i * pack + k;
+                xp[e + k * lanes + i] = c < n ? xc[c] : 0.0f;
+            }
+    xv->x = xp;
+}
+
+/* Where results go: y[j * ldy + (r - r0)] = dot, or += weight * dot when accumulating. */
+typedef struct {
+    float *y;
+    size_t ldy;
+    float weight;
+    int accumulate;
+} rows_out;
+
+/* Rows [r0, r1) of one column chunk against nb prepared x vectors. */
+static void rows_compute(const kernel_ops *ops, const qmat *w, int c0, int c1, const kernel_xview *xv, int nb,
+                         int r0, int r1, int rbase, rows_out out) {
+    kernel_row_fn row = ops->row[w->type];
+    for (int r = r0; r < r1; r++) {
+        float d[KERNEL_NB];
+        row(w, r, c0, c1, xv, nb, d);
+        for (int j = 0; j < nb; j++) {
+            float *yp = out.y + j * out.ldy + (r - rbase);
+            if (out.accumulate) *yp += out.weight * d[j];
+            else *yp = c0 == 0 ? d[j] : *yp + d[j];
+        }
+    }
+}
+
+/* Rows of W a block of x vectors is run against before the next block is prepared (matmat with
+ * n > KERNEL_NB): the block's W rows stay in cache while preparing x costs 1/ROWS_BLOCK of the work. */
+#define ROWS_BLOCK 64
+
+/* Y[j][r] (see rows_out) for n x vectors X[j] (row-major, w->cols each), rows [r0, r1). */
+static void rows_run(const kernel_ops *ops, const qmat *w, const float *X, int n, int r0, int r1, rows_out out) {
+    xscratch s;
+    int nbmax = n < KERNEL_NB ? n : KERNEL_NB;
+    int chunk = chunk_cols(w->cols, nbmax);
+    int rblock = n <= KERNEL_NB ? r1 - r0 : ROWS_BLOCK;
+    for (int c0 = 0; c0 < w->cols; c0 += chunk) {
+        int c1 = w->cols - c0 < chunk ? w->cols : c0 + chunk;
+        for (int rb = r0; rb < r1; rb += rblock) {
+            int re = r1 - rb < rblock ? r1 : rb + rblock;
+            for (int j0 = 0; j0 < n; j0 += KERNEL_NB) {
+                int nb = n - j0 < KERNEL_NB ? n - j0 : KERNEL_NB;
+                kernel_xview xv[KERNEL_NB];
+                for (int j = 0; j < nb; j++)
+                    xview_prepare(ops, w, X + (size_t)(j0 + j) * w->cols, c0, c1, &s, j, nbmax, &xv[j]);
+                rows_out o = out;
+                o.y += (size_t)j0 * out.ldy;
+                rows_compute(ops, w, c0, c1, xv, nb, rb, re, r0, o);
+            }
+        }
+    }
+}
+
+void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1) {
+    const kernel_ops *ops = active_ops(w);
+    if (!ops) { kernel_matvec_rows_ref(y, w, x, r0, r1); return; }
+    rows_run(ops, w, x, 1, r0, r1, (rows_out){y + r0, (size_t)w->rows, 1.0f, 0});
 }
 
 void kernel_matvec(float *y, const qmat *w, const float *x) { kernel_matvec_rows(y, w, x, 0, w->rows); }
 
+void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
+    const kernel_ops *ops = active_ops(w);
+    if (!ops) {
+        for (int j = 0; j < n; j++)
+            kernel_matvec_rows_ref(Y + (size_t)j * w->rows, w, X + (size_t)j * w->cols, r0, r1);
+        return;
+    }
+    if (n > 0) rows_run(ops, w, X, n, r0, r1, (rows_out){Y + r0, (size_t)w->rows, 1.0f, 0});
+}
+
+void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float weight, int r0, int r1) {
+    const kernel_ops *ops = active_ops(down);
+    if (!ops) {
+        for (int r = r0; r < r1; r++) y[r] += weight * ref_row_dot(down, r, h);
+        return;
+    }
+    rows_run(ops, down, h, 1, r0, r1, (rows_out){y + r0, (size_t)down->rows, weight, 1});
+}
+
+void kernel_swiglu_gate_up(float *h, const qmat *gate, const qmat *up, const float *x, int r0, int r1) {
+    const kernel_ops *ops = active_ops(gate);
+    if (ops && !active_ops(up)) ops = NULL;
+    if (!ops) {
+        for (int r = r0; r < r1; r++) h[r] = silu(ref_row_dot(gate, r, x)) * ref_row_dot(up, r, x);
+        return;
+    }
+    int same = gate->type == up->type && gate->group == up->group;
+    if (chunk_cols(gate->cols, 2) == gate->cols) { /* the usual case: x prepared once for all rows */
+        xscratch s;
+        kernel_xview xg, xu;
+        xview_prepare(ops, gate, x, 0, gate->cols, &s, 0, 2, &xg);
+        if (same) xu = xg;
+        else xview_prepare(ops, up, x, 0, up->cols, &s, 1, 2, &xu);
+        for (int r = r0; r < r1; r++) {
+            float g, u;
+            ops->row[gate->type](gate, r, 0, gate->cols, &xg, 1, &g);
+            ops->row[up->type](up, r, 0, up->cols, &xu, 1, &u);
+            h[r] = silu(g) * u;
+        }
+        return;
+    }
+    for (int rb = r0; rb < r1; rb += ROWS_BLOCK) { /* very wide x: blocks of rows, x chunked */
+        int re = r1 - rb < ROWS_BLOCK ? r1 : rb + ROWS_BLOCK;
+        float u[ROWS_BLOCK];
+        rows_run(ops, gate, x, 1, rb, re, (rows_out){h + rb, (size_t)gate->rows, 1.0f, 0});
+        rows_run(ops, up, x, 1, rb, re, (rows_out){u, ROWS_BLOCK, 1.0f, 0});
+        for (int r = rb; r < re; r++) h[r] = silu(h[r]) * u[r - rb];
+    }
+}
+
+/* ---- threads ------------------------------------------------------------------------------------ */
+
 typedef struct {
+    const kernel_ops *ops; /* NULL: scalar reference */
     float *y;
     const qmat *w;
     const float *x;
+    const kernel_xview *xv; /* x prepared once by the caller, or NULL */
     int rows_per_task;
 } matvec_job;
 
@@ -126,7 +391,11 @@ static void matvec_task(void *arg, int t, int n_tasks) {
     const matvec_job *j = arg;
     int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task;
     if (r1 > j->w->rows) r1 = j->w->rows;
-    if (r0 < r1) kernel_matvec_rows(j->y, j->w, j->x, r0, r1);
+    if (r0 >= r1) return;
+    if (!j->ops) kernel_matvec_rows_ref(j->y, j->w, j->x, r0, r1);
+    else if (j->xv) rows_compute(j->ops, j->w, 0, j->w->cols, j->xv, 1, r0, r1, 0,
+                                 (rows_out){j->y, (size_t)j->w->rows, 1.0f, 0});
+    else rows_run(j->ops, j->w, j->x, 1, r0, r1, (rows_out){j->y + r0, (size_t)j->w->rows, 1.0f, 0});
 }
 
 void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
@@ -139,6 +408,12 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
     int chunks = threads * 4;
     int per = (w->rows + chunks - 1) / chunks;
     per = (per + 15) / 16 * 16;
-    matvec_job j = {y, w, x, per};
+    matvec_job j = {active_ops(w), y, w, x, NULL, per};
+    xscratch s;
+    kernel_xview xv;
+    if (j.ops && chunk_cols(w->cols, 1) == w->cols) { /* prepare x once, not per task */
+        xview_prepare(j.ops, w, x, 0, w->cols, &s, 0, 1, &xv);
+        j.xv = &xv;
+    }
     pool_run(p, matvec_task, &j, (w->rows + per - 1) / per);
 }

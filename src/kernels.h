@@ -1,9 +1,31 @@
 /* CPU kernels behind one interface. The layer math calls only these; a CUDA backend provides the
- * same operations on device memory. Every fast variant is tested against the scalar reference. */
+ * same operations on device memory. Every fast variant is tested against the scalar reference.
+ *
+ * Levels. Each operation has a scalar reference and SIMD versions (AVX2+FMA+F16C, AVX-512 F/BW/VL),
+ * picked once at run time from cpuid; the base build stays plain x86-64. FLASHMOE_KERNELS=scalar|
+ * avx2|avx512 in the environment forces a level (tests, benchmarks); kernel_level_force does the
+ * same from code. All levels compute the same sums in f32; they differ only in summation order, by
+ * at most ~1e-5 of sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning).
+ *
+ * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
+ * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.
+ * The SIMD kernels keep up to ~90 KB of scratch on the stack (prepared x); no allocation. */
 #ifndef FLASHMOE_KERNELS_H
 #define FLASHMOE_KERNELS_H
 #include "tensor.h"
 #include "threadpool.h"
+
+typedef enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_AVX512, KERNEL_LEVEL_COUNT } kernel_level;
+
+const char *kernel_level_name(kernel_level l);
+/* The CPU supports the level and it was compiled in (scalar: always). */
+int kernel_level_available(kernel_level l);
+/* The level in use: FLASHMOE_KERNELS if set (falling back, with a message on stderr, to the best
+ * available level below it), else the best available. */
+kernel_level kernel_level_active(void);
+/* Use level l from now on (tests, benchmarks). Returns 0, or -1 (level unchanged) when unavailable.
+ * Not to be called while kernels run on other threads. */
+int kernel_level_force(kernel_level l);
 
 /* y[r] = sum_c W[r][c] * x[c] for rows r0 <= r < r1 (y indexed by absolute row). */
 void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1);
@@ -14,5 +36,18 @@ void kernel_row_f32(float *out, const qmat *w, int row);
 
 /* kernel_matvec split across a pool in chunks of rows (multiples of 16); NULL pool: single thread. */
 void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x);
+
+/* Y[j][r] = sum_c W[r][c] * X[j][c] for j < n, r0 <= r < r1: Y is n x rows and X is n x cols, both
+ * row-major (Y = X W^T). Each W row is unpacked once per 4 rows of X. */
+void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+
+/* Expert up-projection, SwiGLU: h[r] = silu(gate[r] . x) * (up[r] . x) for r0 <= r < r1,
+ * silu(g) = g / (1 + exp(-g)). gate and up have the same shape. */
+void kernel_swiglu_gate_up(float *h, const qmat *gate, const qmat *up, const float *x, int r0, int r1);
+/* Expert down-projection into the running sum: y[r] += weight * (down[r] . h) for r0 <= r < r1. */
+void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float weight, int r0, int r1);
+
+/* The scalar reference of kernel_matvec_rows, whatever level is active (tests, tools). */
+void kernel_matvec_rows_ref(float *y, const qmat *w, const float *x, int r0, int r1);
 
 #endif

@@ -1,0 +1,192 @@
+/* AVX-512 row kernels (F, BW, VL; no BF16/VNNI instructions: every product is f32 x f32, which is
+ * what keeps them within the reference's error bound). Compiled for AVX-512 by the pragma below;
+ * called only after kernels.c saw avx512f/bw/vl in cpuid. See kernels_impl.h for the data layout. */
+#if defined(__x86_64__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#include <immintrin.h>
+
+#include "kernels_impl.h"
+
+#define AI static inline __attribute__((always_inline))
+#define LANES 16
+/* With one x vector, alternate two accumulators to hide FMA latency; with more, the x vectors
+ * already give independent chains (and registers are better spent on them). */
+#define ALT (NB == 1)
+
+AI __mmask16 mask16(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+/* ---- float weights: F32, F16, BF16 in natural order ---------------------------------------- */
+
+/* 16 weights from element i of a row (masked: the first n, others 0). */
+AI __m512 load_w16(dtype t, const void *row, int i, __mmask16 m) {
+    if (t == DTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i);
+    if (t == DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* BF16 */
+}
+
+AI void float_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, float *out, dtype t,
+                  const int NB) {
+    size_t esize = t == DTYPE_F32 ? 4 : 2;
+    const char *row = (const char *)w->data + ((size_t)r * w->cols + c0) * esize;
+    int n = c1 - c0, c = 0;
+    __m512 acc[KERNEL_NB][2];
+    for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    for (; c + 32 <= n; c += 32) {
+        __m512 w0 = load_w16(t, row, c, 0xffff), w1 = load_w16(t, row, c + 16, 0xffff);
+        for (int j = 0; j < NB; j++) {
+            acc[j][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xv[j].x + c), acc[j][0]);
+            acc[j][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xv[j].x + c + 16), acc[j][1]);
+        }
+    }
+    for (; c < n; c += 16) {
+        __mmask16 m = mask16(n - c);
+        __m512 w0 = load_w16(t, row, c, m);
+        for (int j = 0; j < NB; j++)
+            acc[j][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, xv[j].x + c), acc[j][0]);
+    }
+    for (int j = 0; j < NB; j++) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
+}
+
+/* ---- quantized weights ----------------------------------------------------------------------- */
+
+/* Converts the row's bf16 scales of the chunk to f32 in sf (zero-padded by 16) and returns in bdot
+ * the bias half of each dot product: sum_g b_g * xsum_g. */
+AI void row_scales(const qmat *w, size_t g0, int ng, const kernel_xview *xv, float *sf, float *bdot,
+                   const int NB) {
+    __m512 bacc[KERNEL_NB];
+    for (int j = 0; j < NB; j++) bacc[j] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g += 16) {
+        __mmask16 m = mask16(ng - g);
+        __m512i s = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w->scales + g0 + g));
+        __m512i b = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w->biases + g0 + g));
+        _mm512_storeu_ps(sf + g, _mm512_castsi512_ps(_mm512_slli_epi32(s, 16)));
+        __m512 bf = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+        for (int j = 0; j < NB; j++) bacc[j] = _mm512_fmadd_ps(bf, _mm512_maskz_loadu_ps(m, xv[j].xsum + g), bacc[j]);
+    }
+    _mm512_storeu_ps(sf + ng, _mm512_setzero_ps());
+    for (int j = 0; j < NB; j++) bdot[j] = _mm512_reduce_add_ps(bacc[j]);
+}
+
+/* Lane i of a block holds `pack` consecutive values; its group, relative to the block's first. */
+AI __m512i lane_group_index(int pack, int group) {
+    int idx[LANES];
+    for (int i = 0; i < LANES; i++) idx[i] = i * pack / group;
+    return _mm512_loadu_si512(idx);
+}
+
+/* One block of packed values: lane i gets 32 bits holding `pack` values LSB first. Loads only the
+ * first `lanes` lanes' bytes, so it never reads past the row. */
+AI __m512i load_packed(const uint8_t *p, int lanes, const int bits) {
+    if (bits == 3) { /* 8 values in 3 bytes; spread the 48 bytes to 16 dwords of 24 bits */
+        __mmask64 m = lanes >= 16 ? (__mmask64)0xffffffffffffull : (((__mmask64)1 << (3 * lanes)) - 1);
+        __m512i v = _mm512_maskz_loadu_epi8(m, p);
+        v = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11, 12), v);
+        const __m512i spread = _mm512_broadcast_i32x4(
+            _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
+        return _mm512_shuffle_epi8(v, spread);
+    }
+    return _mm512_maskz_loadu_epi32(mask16(lanes), p);
+}
+
+/* Q2, Q3, Q4: values unpacked by shift + permute (vpermps reads the low 4 bits of each index, so a
+ * 16-entry table of q mod 2^bits turns the shifted word straight into float q). */
+AI void packed_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, float *out, const int bits,
+                   const int NB) {
+    const int pack = quant_pack(bits), block = LANES * pack, group = w->group;
+    size_t e0 = (size_t)r * w->cols + c0;
+    const uint8_t *wb = (const uint8_t *)w->data + e0 * bits / 8;
+    int n = c1 - c0, ng = n / group;
+    float sf[KERNEL_MAX_GROUPS], bdot[KERNEL_NB];
+    row_scales(w, e0 / group, ng, xv, sf, bdot, NB);
+
+    float tab[LANES];
+    for (int i = 0; i < LANES; i++) tab[i] = (float)(i & ((1 << bits) - 1));
+    const __m512 table = _mm512_loadu_ps(tab);
+    const __m512i gidx = lane_group_index(pack, group);
+    __m512 tot[KERNEL_NB];
+    for (int j = 0; j < NB; j++) tot[j] = _mm512_setzero_ps();
+
+    for (int e = 0; e < n; e += block) {
+        __m512i wv = load_packed(wb + (size_t)e * bits / 8, (n - e) / pack, bits);
+        __m512 s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sf + e / group));
+        __m512 acc[KERNEL_NB][2];
+        for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int k = 0; k < pack; k++) {
+            __m512 q = _mm512_permutexvar_ps(_mm512_srli_epi32(wv, k * bits), table);
+            for (int j = 0; j < NB; j++)
+                acc[j][k & ALT] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xv[j].x + e + k * LANES), acc[j][k & ALT]);
+        }
+        for (int j = 0; j < NB; j++) tot[j] = _mm512_fmadd_ps(s, _mm512_add_ps(acc[j][0], acc[j][1]), tot[j]);
+    }
+    for (int j = 0; j < NB; j++) out[j] = _mm512_reduce_add_ps(tot[j]) + bdot[j];
+}
+
+/* Q8: one byte per value, natural order; a 16-value vector never straddles a group (group >= 32). */
+AI void q8_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, float *out, const int NB) {
+    const int group = w->group;
+    size_t e0 = (size_t)r * w->cols + c0;
+    const uint8_t *wb = (const uint8_t *)w->data + e0;
+    int n = c1 - c0, ng = n / group;
+    float sf[KERNEL_MAX_GROUPS], bdot[KERNEL_NB];
+    row_scales(w, e0 / group, ng, xv, sf, bdot, NB);
+    __m512 tot[KERNEL_NB];
+    for (int j = 0; j < NB; j++) tot[j] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512 acc[KERNEL_NB][2];
+        for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+        for (int v = 0; v < group; v += 16) {
+            int e = g * group + v;
+            __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wb + e))));
+            for (int j = 0; j < NB; j++)
+                acc[j][(v >> 4) & ALT] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xv[j].x + e), acc[j][(v >> 4) & ALT]);
+        }
+        __m512 s = _mm512_set1_ps(sf[g]);
+        for (int j = 0; j < NB; j++) tot[j] = _mm512_fmadd_ps(s, _mm512_add_ps(acc[j][0], acc[j][1]), tot[j]);
+    }
+    for (int j = 0; j < NB; j++) out[j] = _mm512_reduce_add_ps(tot[j]) + bdot[j];
+}
+
+/* ---- instantiation: one function per dtype, switching on nb so each body is fully unrolled ---- */
+
+/* fn(args..., NB) with NB a constant 1..KERNEL_NB, so each body is unrolled for its nb. */
+#define CALL_BY_NB(fn, ...)                                                                       \
+    switch (nb) {                                                                                 \
+    case 1: fn(__VA_ARGS__, 1); break;                                                            \
+    case 2: fn(__VA_ARGS__, 2); break;                                                            \
+    case 3: fn(__VA_ARGS__, 3); break;                                                            \
+    default: fn(__VA_ARGS__, 4); break;                                                           \
+    }
+_Static_assert(KERNEL_NB == 4, "CALL_BY_NB covers nb = 1..4");
+
+#define ROW_FN(NAME, BODY, ...)                                                                   \
+    static void NAME(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, int nb, float *out) { \
+        CALL_BY_NB(BODY, w, r, c0, c1, xv, out, __VA_ARGS__)                                      \
+    }
+ROW_FN(row_f32, float_row, DTYPE_F32)
+ROW_FN(row_f16, float_row, DTYPE_F16)
+ROW_FN(row_bf16, float_row, DTYPE_BF16)
+ROW_FN(row_q4, packed_row, 4)
+ROW_FN(row_q3, packed_row, 3)
+ROW_FN(row_q2, packed_row, 2)
+
+static void row_q8(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, int nb, float *out) {
+    CALL_BY_NB(q8_row, w, r, c0, c1, xv, out)
+}
+
+static const kernel_ops ops_avx512 = {
+    .name = "avx512",
+    .lanes = LANES,
+    .pack = {[DTYPE_F32] = 1, [DTYPE_F16] = 1, [DTYPE_BF16] = 1, [DTYPE_Q8] = 1, [DTYPE_Q4] = 8,
+             [DTYPE_Q3] = 8, [DTYPE_Q2] = 16},
+    .row = {[DTYPE_F32] = row_f32, [DTYPE_F16] = row_f16, [DTYPE_BF16] = row_bf16, [DTYPE_Q8] = row_q8,
+            [DTYPE_Q4] = row_q4, [DTYPE_Q3] = row_q3, [DTYPE_Q2] = row_q2},
+};
+
+const kernel_ops *kernel_ops_avx512(void) { return &ops_avx512; }
+
+#else
+#include "kernels_impl.h"
+const kernel_ops *kernel_ops_avx512(void) { return 0; }
+#endif
