@@ -154,9 +154,44 @@ int ckpt_get(const checkpoint *ck, const char *name, int ndim, const int64_t *sh
     return 0;
 }
 
+/* X.weight stored MLX-style: uint32 words [rows, cols * bits / 32] with bf16 X.scales and X.biases
+ * [rows, cols / group]. Bits and group follow from the shapes. */
+static int quantized_matrix(const checkpoint *ck, const char *name, const st_tensor *w, const st_file *f, int rows,
+                            int cols, qmat *out, char *err, size_t errlen) {
+    char sname[512], bname[512];
+    size_t n = strlen(name);
+    if (n < 7 || strcmp(name + n - 7, ".weight") || n + 1 > sizeof sname) {
+        snprintf(err, errlen, "%s: tensor '%s' has dtype U32 but is not a quantized '.weight'", f->path, name);
+        return -1;
+    }
+    snprintf(sname, sizeof sname, "%.*s.scales", (int)(n - 7), name);
+    snprintf(bname, sizeof bname, "%.*s.biases", (int)(n - 7), name);
+    const st_tensor *sc = ckpt_find(ck, sname, NULL), *bi = ckpt_find(ck, bname, NULL);
+    if (!sc || !bi || sc->dtype != ST_BF16 || bi->dtype != ST_BF16 || sc->ndim != 2 || bi->ndim != 2 ||
+        sc->shape[0] != rows || bi->shape[0] != rows || sc->shape[1] != bi->shape[1] || sc->shape[1] == 0) {
+        snprintf(err, errlen, "%s: quantized tensor '%s' needs bf16 '%s' and '%s' of shape [%d, groups]", f->path,
+                 name, sname, bname, rows);
+        return -1;
+    }
+    int64_t groups = sc->shape[1], words = w->ndim == 2 ? w->shape[1] : -1;
+    int bits = words > 0 && (words * 32) % cols == 0 ? (int)(words * 32 / cols) : 0;
+    dtype t = bits == 8 ? DTYPE_Q8 : bits == 4 ? DTYPE_Q4 : bits == 3 ? DTYPE_Q3 : bits == 2 ? DTYPE_Q2 : DTYPE_COUNT;
+    if (w->ndim != 2 || w->shape[0] != rows || t == DTYPE_COUNT || cols % groups) {
+        snprintf(err, errlen, "%s: quantized tensor '%s' does not hold a [%d, %d] matrix at 2, 3, 4 or 8 bits",
+                 f->path, name, rows, cols);
+        return -1;
+    }
+    *out = (qmat){.type = t, .rows = rows, .cols = cols, .data = w->data, .scales = sc->data, .biases = bi->data,
+                  .group = (int)(cols / groups)};
+    return 0;
+}
+
 int ckpt_matrix(const checkpoint *ck, const char *name, int rows, int cols, qmat *out, char *err, size_t errlen) {
     const st_tensor *t;
+    const st_file *f;
     int64_t shape[2] = {rows, cols};
+    if ((t = ckpt_find(ck, name, &f)) && t->dtype == ST_U32)
+        return quantized_matrix(ck, name, t, f, rows, cols, out, err, errlen);
     if (ckpt_get(ck, name, 2, shape, &t, NULL, err, errlen)) return -1;
     *out = (qmat){.type = (dtype)ckpt_kernel_dtype(t->dtype), .rows = rows, .cols = cols, .data = t->data};
     return 0;

@@ -1,6 +1,7 @@
 /* Expert source over a mapped HF checkpoint: every expert is a set of views into the safetensors. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "experts.h"
 
@@ -8,19 +9,41 @@ typedef struct {
     expert_source base;
     int n_layers, n_experts;
     expert_view *table; /* [n_layers * n_experts] */
+    const int *ids;     /* of the layer in progress */
+    int layer, n, next;
 } mapped_source;
 
-static int mapped_fetch(expert_source *s, int layer, const int *ids, int n, expert_view *out, char *err,
-                        size_t errlen) {
+static int mapped_begin(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
     mapped_source *m = (mapped_source *)s;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         if (layer < 0 || layer >= m->n_layers || ids[i] < 0 || ids[i] >= m->n_experts) {
             snprintf(err, errlen, "expert %d of layer %d does not exist", ids[i], layer);
             return -1;
         }
-        out[i] = m->table[(size_t)layer * m->n_experts + ids[i]];
-    }
+    m->layer = layer;
+    m->ids = ids;
+    m->n = n;
+    m->next = 0;
     return 0;
+}
+
+static int mapped_next(expert_source *s, int *i, expert_view *v, char *err, size_t errlen) {
+    (void)err;
+    (void)errlen;
+    mapped_source *m = (mapped_source *)s;
+    if (m->next == m->n) return 0;
+    *i = m->next++;
+    *v = m->table[(size_t)m->layer * m->n_experts + m->ids[*i]];
+    return 1;
+}
+
+static void mapped_end(expert_source *s) { ((mapped_source *)s)->n = 0; }
+
+static void mapped_stats(const expert_source *s, experts_stats *out) {
+    (void)s;
+    memset(out, 0, sizeof *out);
+    out->mode = "mmap";
+    out->backend = "";
 }
 
 static void mapped_free(expert_source *s) {
@@ -29,7 +52,7 @@ static void mapped_free(expert_source *s) {
     free(m);
 }
 
-static const expert_source_ops mapped_ops = {mapped_fetch, mapped_free};
+static const expert_source_ops mapped_ops = {mapped_begin, mapped_next, mapped_end, mapped_stats, mapped_free};
 
 /* Row slice [r0, r0 + rows) of a 3-D tensor's matrix e, as a view. */
 static qmat slice(const st_tensor *t, int e, int r0, int rows) {
@@ -39,11 +62,10 @@ static qmat slice(const st_tensor *t, int e, int r0, int rows) {
     return (qmat){.type = (dtype)ckpt_kernel_dtype(t->dtype), .rows = rows, .cols = (int)t->shape[2], .data = base};
 }
 
-static int load_layer(mapped_source *m, const checkpoint *ck, const model_config *c, int l, char *err,
+static int load_layer(expert_view *row, const checkpoint *ck, const model_config *c, int l, char *err,
                       size_t errlen) {
     char name[512];
     int E = c->n_experts, I = c->expert_inter, H = c->hidden_size;
-    expert_view *row = &m->table[(size_t)l * E];
     snprintf(name, sizeof name, "%slayers.%d.mlp.experts.gate_up_proj", ck->prefix, l);
     if (ckpt_find(ck, name, NULL)) { /* fused */
         const st_tensor *gu, *dn;
@@ -80,10 +102,15 @@ expert_source *experts_open_mapped(const checkpoint *ck, const model_config *c, 
     m->base.ops = &mapped_ops;
     m->n_layers = c->n_layers;
     m->n_experts = c->n_experts;
-    for (int l = 0; l < c->n_layers; l++)
-        if (load_layer(m, ck, c, l, err, errlen)) {
-            mapped_free(&m->base);
-            return NULL;
-        }
+    if (experts_table_build(m->table, ck, c, err, errlen)) {
+        mapped_free(&m->base);
+        return NULL;
+    }
     return &m->base;
+}
+
+int experts_table_build(expert_view *table, const checkpoint *ck, const model_config *c, char *err, size_t errlen) {
+    for (int l = 0; l < c->n_layers; l++)
+        if (load_layer(table + (size_t)l * c->n_experts, ck, c, l, err, errlen)) return -1;
+    return 0;
 }

@@ -64,8 +64,7 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->eu = zalloc((size_t)inter, &ok);
     s->eo = zalloc((size_t)H, &ok);
     s->topk_id = calloc((size_t)c->n_experts, sizeof(int));
-    s->views = calloc((size_t)c->n_experts, sizeof(expert_view));
-    if (!ok || !s->topk_id || !s->views) goto oom;
+    if (!ok || !s->topk_id) goto oom;
     return s;
 oom:
     snprintf(err, errlen, "out of memory for the model state (context %d)", max_ctx);
@@ -91,7 +90,6 @@ void state_free(state *s) {
                      s->eh, s->eu, s->eo};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->topk_id);
-    free(s->views);
     free(s);
 }
 

@@ -44,15 +44,19 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, fl
     for (int j = 0; j < K; j++) wsum += p[s->topk_id[j]];
     for (int j = 0; j < K; j++) s->topk_w[j] = p[s->topk_id[j]] / wsum;
 
+    /* start reading the routed experts, then compute the shared expert while they arrive */
+    if (experts_begin(m->experts, layer, s->topk_id, K, err, errlen)) return -1;
     memset(out, 0, sizeof(float) * (size_t)H);
     /* shared expert, gated by sigmoid(shared_expert_gate(x)) */
     float sg;
     state_matvec(s, &sg, &w->sh_expert_gate, xn);
     swiglu_mlp_accum(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, sigmoid(sg), out);
 
-    /* routed experts: sum_j w_j * expert_j(x) */
-    if (experts_fetch(m->experts, layer, s->topk_id, K, s->views, err, errlen)) return -1;
-    for (int j = 0; j < K; j++)
-        swiglu_mlp_accum(s, &s->views[j].gate, &s->views[j].up, &s->views[j].down, xn, s->topk_w[j], out);
-    return 0;
+    /* routed experts: sum_j w_j * expert_j(x), each computed as soon as its weights are in memory */
+    int j, rc;
+    expert_view v;
+    while ((rc = experts_next(m->experts, &j, &v, err, errlen)) == 1)
+        swiglu_mlp_accum(s, &v.gate, &v.up, &v.down, xn, s->topk_w[j], out);
+    experts_end(m->experts);
+    return rc;
 }

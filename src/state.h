@@ -19,7 +19,6 @@ struct state {
     float *qkv, *z, *beta, *decay, *o;
     float *router, *topk_w, *eh, *eu, *eo;
     int *topk_id;
-    expert_view *views;
 };
 
 /* y = W x on the model's thread pool */
