@@ -79,7 +79,10 @@ int ckpt_open(checkpoint *ck, const char *dir, char *err, size_t errlen) {
         return -1;
     }
     char path[4096];
-    if (util_path_join(path, sizeof path, dir, "model.safetensors.index.json") == 0 && util_file_exists(path)) {
+    if (util_path_join(path, sizeof path, dir, "flashmoe.json") == 0 && util_file_exists(path)) {
+        if (add_file(ck, "resident.safetensors", err, errlen)) goto bad; /* a packed directory */
+    } else if (util_path_join(path, sizeof path, dir, "model.safetensors.index.json") == 0 &&
+               util_file_exists(path)) {
         if (open_index(ck, path, err, errlen)) goto bad;
     } else if (util_path_join(path, sizeof path, dir, "model.safetensors") == 0 && util_file_exists(path)) {
         if (add_file(ck, "model.safetensors", err, errlen)) goto bad;

@@ -27,6 +27,21 @@ static int engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, i
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1 << 20, &ea->mo.top_k)) return -1;
     } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1024, &ea->mo.threads)) return -1;
+    } else if (!strcmp(a, "--io")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "cache")) ea->mo.io = EXPERTS_IO_CACHE;
+        else if (!strcmp(v, "direct")) ea->mo.io = EXPERTS_IO_DIRECT;
+        else if (!strcmp(v, "mmap")) ea->mo.io = EXPERTS_IO_MMAP;
+        else {
+            fprintf(stderr, "flashmoe %s: --io takes cache, direct or mmap, got '%s'\n", cmd, v);
+            return -1;
+        }
+    } else if (!strcmp(a, "--cache-mb")) {
+        int mb;
+        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 0, 1 << 30, &mb)) return -1;
+        ea->mo.cache_bytes = (size_t)mb << 20;
+    } else if (!strcmp(a, "--io-threads")) {
+        ea->mo.io_threads_only = 1;
     } else if (!strcmp(a, "--ctx")) {
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1 << 24, &ea->ctx)) return -1;
     } else {
@@ -39,7 +54,11 @@ static int engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, i
     "  -m, --model DIR            Hugging Face checkpoint directory (config.json + safetensors)\n" \
     "  --experts-per-token K      experts used per token (default: the model's own)\n"       \
     "  -t, --threads N            threads (default 1)\n"                                     \
-    "  --ctx N                    context length to allocate (default 4096)\n"
+    "  --ctx N                    context length to allocate (default 4096)\n"              \
+    "  --io cache|direct|mmap     expert reads: page cache (default), O_DIRECT with an in-process\n" \
+    "                             LRU cache of --cache-mb MiB, or mapped (HF checkpoints only)\n"    \
+    "  --cache-mb N               expert cache budget for --io direct (default 0)\n"              \
+    "  --io-threads               read with a pool of pread threads instead of io_uring\n"
 
 static int engine_open(const char *cmd, engine_args *ea, model **m, state **s, int need_ctx) {
     char err[1024];

@@ -1,5 +1,6 @@
 /* Loading a Qwen3.5-MoE checkpoint: every weight fetched by name with the shape the config implies. */
 #include "model.h"
+#include "packed.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -143,7 +144,19 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
     }
     loader ld = {.m = m, .err = err, .errlen = errlen};
     if (load_weights(&ld)) goto bad;
-    if (!(m->experts = experts_open_mapped(&m->ck, &m->cfg, err, errlen))) goto bad;
+    experts_io_mode io = opts ? opts->io : EXPERTS_IO_CACHE;
+    if (io == EXPERTS_IO_MMAP) {
+        if (packed_is_dir(dir)) {
+            snprintf(err, errlen, "%s: --io mmap reads HF checkpoints only; packed experts use cache or direct", dir);
+            goto bad;
+        }
+        m->experts = experts_open_mapped(&m->ck, &m->cfg, err, errlen);
+    } else {
+        experts_stream_opts so = {.mode = io, .cache_bytes = opts ? opts->cache_bytes : 0,
+                                  .uring = !(opts && opts->io_threads_only), .top_k = m->top_k};
+        m->experts = experts_open_stream(dir, &m->ck, &m->cfg, &so, err, errlen);
+    }
+    if (!m->experts) goto bad;
     if (opts && opts->threads > 1 && !(m->pool = pool_create(opts->threads))) {
         snprintf(err, errlen, "cannot start %d threads", opts->threads);
         goto bad;

@@ -21,6 +21,9 @@
 typedef struct {
     int top_k;   /* experts per token; 0 = the model's own */
     int threads; /* 0 or 1 = single-threaded */
+    experts_io_mode io;  /* how experts are read: CACHE (default), DIRECT, or MMAP (HF checkpoints only) */
+    size_t cache_bytes;  /* DIRECT: the in-process expert cache's budget */
+    int io_threads_only; /* 1: reader threads instead of io_uring */
 } model_opts;
 
 typedef struct {
