@@ -139,9 +139,7 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
     size_t arena_bytes = (size_t)c->n_slots * c->cfg.slot_bytes;
     size_t n_keys = (size_t)c->cfg.n_layers * (size_t)c->cfg.n_experts;
     size_t w = (size_t)c->cfg.working;
-    void *arena = NULL;
-    if (posix_memalign(&arena, EXPERT_IO_ALIGN, arena_bytes)) arena = NULL;
-    c->arena = arena;
+    c->arena = expert_io_buffer_alloc(arena_bytes);
     c->slots = calloc((size_t)c->n_slots, sizeof *c->slots);
     c->slot_of = malloc(n_keys * sizeof *c->slot_of);
     c->item_slot = calloc(w, sizeof *c->item_slot);
@@ -153,8 +151,9 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
                 c->cfg.slot_bytes, arena_bytes >> 20);
         goto fail;
     }
-    c->memory_bytes = arena_bytes + (size_t)c->n_slots * sizeof *c->slots + n_keys * sizeof *c->slot_of +
-                      w * (3 * sizeof(int) + sizeof *c->reqs);
+    size_t huge = (size_t)2 << 20; /* expert_io_buffer_alloc rounds up to whole huge pages */
+    c->memory_bytes = (arena_bytes + huge - 1) / huge * huge + (size_t)c->n_slots * sizeof *c->slots +
+                      n_keys * sizeof *c->slot_of + w * (3 * sizeof(int) + sizeof *c->reqs);
     for (size_t k = 0; k < n_keys; k++) c->slot_of[k] = -1;
     c->lru_head = c->lru_tail = -1;
     for (int s = 0; s < c->n_slots; s++) {
@@ -170,7 +169,7 @@ fail:
 void expert_cache_free(expert_cache *c) {
     if (!c) return;
     expert_cache_end(c);
-    free(c->arena);
+    expert_io_buffer_free(c->arena);
     free(c->slots);
     free(c->slot_of);
     free(c->item_slot);

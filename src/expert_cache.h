@@ -13,7 +13,8 @@
  * expert_cache_next returns the hits first, then each miss as soon as its bytes have arrived (in
  * completion order), so compute overlaps the reads of the experts not yet arrived.
  *
- * Memory: working + budget_bytes / slot_bytes slots of slot_bytes each, allocated once at creation:
+ * Memory: working + budget_bytes / slot_bytes slots of slot_bytes each, allocated once at creation
+ * (with expert_io_buffer_alloc: huge pages, so up to 2 MiB of rounding, plus small tables):
  * the `working` slots are the in-flight buffers of one layer, the others are the cache proper. With
  * budget_bytes 0 only the working slots exist (and a hit happens only when an expert is asked for
  * again before another layer reuses its slot). Between begin and end the layer's slots are pinned:

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -243,6 +244,18 @@ int expert_io_layout(const expert_io *io, expert_io_req *req, void *base, size_t
     layout_pieces(io, req, base);
     return 0;
 }
+
+/* ---- destination memory ---- */
+
+void *expert_io_buffer_alloc(size_t bytes) {
+    size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    if (!bytes || posix_memalign(&p, huge, (size_t)round_up(bytes, huge))) return NULL;
+    madvise(p, (size_t)round_up(bytes, huge), MADV_HUGEPAGE); /* advice: fails harmlessly without THP */
+    return p;
+}
+
+void expert_io_buffer_free(void *p) { free(p); }
 
 /* ---- batch bookkeeping (thread back-end: called with mu held) ---- */
 
