@@ -43,25 +43,6 @@ typedef struct {
     size_t len, cap;
 } idvec;
 
-typedef struct {
-    size_t off, len;
-} span;
-
-typedef struct {
-    span *p;
-    size_t len, cap;
-} spanvec;
-
-typedef struct {
-    size_t start, end;
-    bool is_match;
-} mark; /* a piece of a string cut by a regex: a match, or the text between two matches */
-
-typedef struct {
-    mark *p;
-    size_t len, cap;
-} markvec;
-
 /* Reallocates p to hold at least `need` elements of `elem` bytes, doubling; updates *cap on
  * success, returns NULL (p untouched) on failure. */
 static void *array_grow(void *p, size_t *cap, size_t need, size_t elem) {
@@ -101,26 +82,6 @@ static int ids_reserve(idvec *v, size_t need) {
 static int ids_push(idvec *v, int32_t id) {
     if (ids_reserve(v, v->len + 1)) return -1;
     v->p[v->len++] = id;
-    return 0;
-}
-
-static int spans_push(spanvec *v, size_t off, size_t len) {
-    if (v->len == v->cap) {
-        span *p = array_grow(v->p, &v->cap, v->len + 1, sizeof *p);
-        if (!p) return -1;
-        v->p = p;
-    }
-    v->p[v->len++] = (span){off, len};
-    return 0;
-}
-
-static int marks_push(markvec *v, size_t start, size_t end, bool is_match) {
-    if (v->len == v->cap) {
-        mark *p = array_grow(v->p, &v->cap, v->len + 1, sizeof *p);
-        if (!p) return -1;
-        v->p = p;
-    }
-    v->p[v->len++] = (mark){start, end, is_match};
     return 0;
 }
 
@@ -337,8 +298,9 @@ typedef struct {
 /* The added tokens searched in one pass (non-normalised ones in the raw text, normalised ones in
  * the normalised text), ordered by first byte and, within one first byte, longest first. */
 typedef struct {
-    uint32_t *order;    /* indices into tok->added */
+    uint32_t *order;     /* indices into tok->added */
     uint32_t first[257]; /* order[first[b] .. first[b + 1]) start with byte b */
+    int only_first;      /* the first byte of every token when they all share one, else -1 */
 } added_set;
 
 typedef struct {
@@ -355,24 +317,31 @@ typedef struct {
 } bpe_merge;
 
 typedef struct {
-    uint64_t *hash; /* 0 = empty slot */
-    uint32_t *key_off, *val_off;
-    uint16_t *key_len, *val_len;
+    uint32_t hash; /* the top half of the word's hash; 0 = empty slot */
+    uint32_t key_off, val_off; /* the word in keys, its ids in vals */
+    uint16_t key_len, val_len;
+} cache_slot;
+
+typedef struct {
+    cache_slot *slot;
     size_t count;
     bytebuf keys;
     idvec vals;
 } word_cache;
 
+typedef struct {
+    bytebuf prefixed; /* ByteLevel: the piece after add_prefix_space */
+    bytebuf mapped;   /* ByteLevel: one piece with its bytes mapped */
+} pretok_scratch;
+
 typedef struct { /* scratch space reused by every tokenizer_encode */
     bytebuf clean;        /* the input with invalid UTF-8 replaced */
     bytebuf norm;         /* one normalised piece */
+    bytebuf norm_tmp;     /* between two forms of a normaliser Sequence */
     int32_t *cps;         /* utf8proc work buffer */
     size_t cps_cap;
-    bytebuf text[2];      /* ByteLevel output, alternating between steps */
-    bytebuf tmp;          /* ByteLevel prefix space; prefix/suffix lookups */
-    spanvec spans[2];     /* words before/after a pre-tokenizer step */
-    spanvec pieces;       /* words inside one ByteLevel step */
-    markvec marks;        /* regex cuts of one piece */
+    pretok_scratch *level; /* one per pre-tokenizer step */
+    bytebuf tmp;          /* continuing_subword_prefix / end_of_word_suffix lookups */
     bpe_symbol *sym;
     size_t sym_cap;
     bpe_merge *heap;
@@ -413,6 +382,8 @@ struct tokenizer {
     decoder_kind decoder;
 
     uint16_t byte_char[256];     /* ByteLevel: byte -> stand-in code point */
+    char byte_utf8[256][2];      /* ... and its UTF-8 (every stand-in is below U+0800) */
+    uint8_t byte_utf8_len[256];
     int16_t char_byte[BYTE_CHARS]; /* stand-in code point -> byte, or -1 */
 
     encoder enc;
@@ -447,6 +418,9 @@ static void byte_level_init(tokenizer *tok) {
         bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
         tok->byte_char[b] = (uint16_t)(printable ? b : next++);
         tok->char_byte[tok->byte_char[b]] = (int16_t)b;
+        char buf[4];
+        tok->byte_utf8_len[b] = (uint8_t)utf8_encode(tok->byte_char[b], buf);
+        memcpy(tok->byte_utf8[b], buf, 2);
     }
 }
 
@@ -549,50 +523,68 @@ static int normalizer_load(tokenizer *tok, const cJSON *j, int depth, char *msg)
                 type);
 }
 
-/* Normalises s[0..n) (valid UTF-8) with every form of the chain into dst. */
-static int normalize_apply(tokenizer *tok, const char *s, size_t n, bytebuf *dst) {
+/* Appends form(s[0..n)) (valid UTF-8) to dst, through utf8proc. */
+static int normalize_utf8proc(tokenizer *tok, norm_form form, const char *s, size_t n, bytebuf *dst) {
+    static const utf8proc_option_t opts[] = {
+        [NORM_NFC] = UTF8PROC_STABLE | UTF8PROC_COMPOSE,
+        [NORM_NFD] = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE,
+        [NORM_NFKC] = UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT,
+        [NORM_NFKD] = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT,
+    };
     encoder *e = &tok->enc;
-    dst->len = 0;
-    if (bytes_append(dst, s, n)) return -1;
-    for (size_t k = 0; k < tok->n_norm; k++) {
-        static const utf8proc_option_t opts[] = {
-            [NORM_NFC] = UTF8PROC_STABLE | UTF8PROC_COMPOSE,
-            [NORM_NFD] = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE,
-            [NORM_NFKC] = UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT,
-            [NORM_NFKD] = UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT,
-        };
-        utf8proc_option_t o = opts[tok->norm[k]];
-        utf8proc_ssize_t m;
-        if (e->cps_cap < dst->len + 16) { /* +1 below: utf8proc_reencode writes a NUL after the text */
+    size_t need = n + 16; /* code points; most text does not grow */
+    for (;;) {
+        if (e->cps_cap < need) { /* +1: utf8proc_reencode writes a NUL after the text */
             size_t cap = 0;
-            int32_t *p = array_grow(NULL, &cap, dst->len + 17, sizeof *p);
+            int32_t *p = array_grow(NULL, &cap, need + 1, sizeof *p);
             if (!p) return -1;
             free(e->cps);
             e->cps = p;
             e->cps_cap = cap - 1;
         }
-        for (;;) { /* the decomposition may be longer than the buffer: grow and retry */
-            m = utf8proc_decompose((const utf8proc_uint8_t *)dst->p, (utf8proc_ssize_t)dst->len,
-                                   e->cps, (utf8proc_ssize_t)e->cps_cap, o);
-            if (m < 0) {
-                snprintf(tok->err, sizeof tok->err, "normalisation failed: %s", utf8proc_errmsg(m));
-                return -1;
-            }
-            if ((size_t)m <= e->cps_cap) break;
-            size_t cap = 0;
-            int32_t *p = array_grow(NULL, &cap, (size_t)m + 1, sizeof *p);
-            if (!p) return -1;
-            free(e->cps);
-            e->cps = p;
-            e->cps_cap = cap - 1;
+        utf8proc_ssize_t m = utf8proc_decompose((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, e->cps,
+                                                (utf8proc_ssize_t)e->cps_cap, opts[form]);
+        if (m >= 0 && (size_t)m > e->cps_cap) { /* the decomposition is longer: grow and retry */
+            need = (size_t)m;
+            continue;
         }
-        utf8proc_ssize_t bytes = utf8proc_reencode(e->cps, m, o);
-        if (bytes < 0) {
-            snprintf(tok->err, sizeof tok->err, "normalisation failed: %s", utf8proc_errmsg(bytes));
+        if (m >= 0) m = utf8proc_reencode(e->cps, m, opts[form]);
+        if (m < 0) {
+            snprintf(tok->err, sizeof tok->err, "normalisation failed: %s", utf8proc_errmsg(m));
             return -1;
         }
-        dst->len = 0;
-        if (bytes_append(dst, e->cps, (size_t)bytes)) return -1;
+        return bytes_append(dst, e->cps, (size_t)m);
+    }
+}
+
+/* Appends form(s[0..n)) to dst. The position before an ASCII character is a boundary in all four
+ * forms (ASCII characters are starters that never compose with what precedes them), so only each
+ * stretch of non-ASCII characters, with the ASCII character before it, goes through utf8proc. */
+static int normalize_form(tokenizer *tok, norm_form form, const char *s, size_t n, bytebuf *dst) {
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        while (j < n && (uint8_t)s[j] < 0x80) j++;
+        size_t start = j > i ? j - 1 : j, end = j;
+        while (end < n && (uint8_t)s[end] >= 0x80) end++;
+        if (bytes_append(dst, s + i, start - i)) return -1;
+        if (end > start && normalize_utf8proc(tok, form, s + start, end - start, dst)) return -1;
+        i = end;
+    }
+    return 0;
+}
+
+/* Normalises s[0..n) (valid UTF-8) with every form of the chain, in order, into dst. */
+static int normalize_apply(tokenizer *tok, const char *s, size_t n, bytebuf *dst) {
+    bytebuf *tmp = &tok->enc.norm_tmp;
+    dst->len = 0;
+    if (!tok->n_norm) return bytes_append(dst, s, n);
+    if (normalize_form(tok, tok->norm[0], s, n, dst)) return -1;
+    for (size_t k = 1; k < tok->n_norm; k++) {
+        tmp->len = 0;
+        if (normalize_form(tok, tok->norm[k], dst->p, dst->len, tmp)) return -1;
+        bytebuf t = *dst; /* the result becomes dst, the old dst the next scratch */
+        *dst = *tmp, *tmp = t;
     }
     return 0;
 }
@@ -893,6 +885,9 @@ static int added_set_build(tokenizer *tok, added_set *set, bool normalized, char
         const added_token *t = &tok->added[k];
         if (t->normalized == normalized && t->match_len) count[(uint8_t)tok_str(tok, t->match_off)[0]]++, n++;
     }
+    set->only_first = -1;
+    for (int b = 0; b < 256; b++)
+        if (count[b] == n && n) set->only_first = b;
     set->order = malloc((n ? n : 1) * sizeof *set->order);
     if (!set->order) return fail(msg, "out of memory");
     set->first[0] = 0;
@@ -1060,6 +1055,11 @@ tokenizer *tokenizer_load(const char *path, char *err, size_t errlen) {
         pretokenizer_load(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), 0, msg) ||
         decoder_load(tok, cJSON_GetObjectItemCaseSensitive(root, "decoder"), msg))
         goto fail;
+    tok->enc.level = calloc(tok->n_pretok + 1, sizeof *tok->enc.level);
+    if (!tok->enc.level) {
+        fail(msg, "out of memory");
+        goto fail;
+    }
     cJSON_Delete(root);
     free(text);
     return tok;
@@ -1072,11 +1072,7 @@ fail:
 }
 
 static void word_cache_free(word_cache *c) {
-    free(c->hash);
-    free(c->key_off);
-    free(c->val_off);
-    free(c->key_len);
-    free(c->val_len);
+    free(c->slot);
     free(c->keys.p);
     free(c->vals.p);
 }
@@ -1086,14 +1082,14 @@ void tokenizer_free(tokenizer *tok) {
     encoder *e = &tok->enc;
     free(e->clean.p);
     free(e->norm.p);
+    free(e->norm_tmp.p);
     free(e->cps);
-    free(e->text[0].p);
-    free(e->text[1].p);
     free(e->tmp.p);
-    free(e->spans[0].p);
-    free(e->spans[1].p);
-    free(e->pieces.p);
-    free(e->marks.p);
+    for (size_t k = 0; e->level && k < tok->n_pretok; k++) {
+        free(e->level[k].prefixed.p);
+        free(e->level[k].mapped.p);
+    }
+    free(e->level);
     free(e->sym);
     free(e->heap);
     word_cache_free(&e->cache);
@@ -1247,44 +1243,33 @@ static int bpe_encode(tokenizer *tok, const char *w, size_t n, idvec *out) {
 /* ------------------------------------------------------------------------------------------------
  * Encoding: word cache (a pre-tokenised word -> its ids; emptied when full) */
 
-static int word_cache_init(word_cache *c) {
-    c->hash = calloc(CACHE_SLOTS, sizeof *c->hash);
-    c->key_off = malloc(CACHE_SLOTS * sizeof *c->key_off);
-    c->val_off = malloc(CACHE_SLOTS * sizeof *c->val_off);
-    c->key_len = malloc(CACHE_SLOTS * sizeof *c->key_len);
-    c->val_len = malloc(CACHE_SLOTS * sizeof *c->val_len);
-    if (c->hash && c->key_off && c->val_off && c->key_len && c->val_len) return 0;
-    word_cache_free(c);
-    memset(c, 0, sizeof *c);
-    return -1;
-}
-
 /* The cached ids of w, or NULL. */
 static const int32_t *word_cache_get(const word_cache *c, uint64_t h, const char *w, size_t n, size_t *count) {
-    if (!c->hash) return NULL;
-    for (size_t i = h & (CACHE_SLOTS - 1); c->hash[i]; i = (i + 1) & (CACHE_SLOTS - 1)) {
-        if (c->hash[i] == h && c->key_len[i] == n && !memcmp(c->keys.p + c->key_off[i], w, n)) {
-            *count = c->val_len[i];
-            return c->vals.p + c->val_off[i];
+    if (!c->slot) return NULL;
+    uint32_t tag = (uint32_t)(h >> 32) | 1;
+    for (size_t i = h & (CACHE_SLOTS - 1); c->slot[i].hash; i = (i + 1) & (CACHE_SLOTS - 1)) {
+        const cache_slot *sl = &c->slot[i];
+        if (sl->hash == tag && sl->key_len == n && !memcmp(c->keys.p + sl->key_off, w, n)) {
+            *count = sl->val_len;
+            return c->vals.p + sl->val_off;
         }
     }
     return NULL;
 }
 
-/* Remembers ids of w; silently does nothing when memory is short (the cache only saves time). */
+/* Remembers the ids of w; silently does nothing when memory is short (the cache only saves time). */
 static void word_cache_put(word_cache *c, uint64_t h, const char *w, size_t n, const int32_t *ids, size_t count) {
     if (n > CACHE_MAX_WORD_BYTES || count > n) return;
-    if (!c->hash && word_cache_init(c)) return;
+    if (!c->slot && !(c->slot = calloc(CACHE_SLOTS, sizeof *c->slot))) return;
     if (c->count >= CACHE_MAX_WORDS || c->keys.len + n > CACHE_MAX_KEY_BYTES) {
-        memset(c->hash, 0, CACHE_SLOTS * sizeof *c->hash);
+        memset(c->slot, 0, CACHE_SLOTS * sizeof *c->slot);
         c->count = c->keys.len = c->vals.len = 0;
     }
     if (bytes_reserve(&c->keys, c->keys.len + n) || ids_reserve(&c->vals, c->vals.len + count)) return;
     size_t i = h & (CACHE_SLOTS - 1);
-    while (c->hash[i]) i = (i + 1) & (CACHE_SLOTS - 1);
-    c->hash[i] = h;
-    c->key_off[i] = (uint32_t)c->keys.len, c->key_len[i] = (uint16_t)n;
-    c->val_off[i] = (uint32_t)c->vals.len, c->val_len[i] = (uint16_t)count;
+    while (c->slot[i].hash) i = (i + 1) & (CACHE_SLOTS - 1);
+    c->slot[i] = (cache_slot){(uint32_t)(h >> 32) | 1, (uint32_t)c->keys.len, (uint32_t)c->vals.len,
+                              (uint16_t)n, (uint16_t)count};
     memcpy(c->keys.p + c->keys.len, w, n);
     memcpy(c->vals.p + c->vals.len, ids, count * sizeof *ids);
     c->keys.len += n, c->vals.len += count;
@@ -1297,7 +1282,7 @@ static int word_encode(tokenizer *tok, const char *w, size_t n, idvec *out) {
         int32_t id = vocab_find(tok, w, n);
         if (id >= 0) return ids_push(out, id);
     }
-    uint64_t h = hash_bytes(w, n) | 1; /* never 0, the empty-slot mark */
+    uint64_t h = hash_bytes(w, n);
     size_t count;
     const int32_t *hit = word_cache_get(&tok->enc.cache, h, w, n, &count);
     if (hit) {
@@ -1313,13 +1298,84 @@ static int word_encode(tokenizer *tok, const char *w, size_t n, idvec *out) {
 }
 
 /* ------------------------------------------------------------------------------------------------
- * Encoding: pre-tokenizers (pre_tokenizers/split.rs, byte_level.rs; NormalizedString::split) */
+ * Encoding: pre-tokenizers (pre_tokenizers/split.rs, byte_level.rs; NormalizedString::split).
+ * Depth first: each piece a step cuts goes through the later steps and the BPE before the step
+ * looks for its next piece, so memory stays bounded by the longest word. */
 
-/* Cuts s[0..n) into matches of re and the text between them, as SysRegex::find_matches over
- * Oniguruma's find_iter: an empty match right where the previous match ended is skipped by moving
- * on one character. */
-static int regex_marks(tokenizer *tok, const pretok_step *st, const char *s, size_t n, markvec *out) {
-    out->len = 0;
+static int pretokenize(tokenizer *tok, size_t step, const char *s, size_t n, idvec *out);
+
+/* A string being cut by one step: receives its matches and the text between them in order and
+ * passes on the pieces the split behaviour makes of them. */
+typedef struct {
+    tokenizer *tok;
+    size_t step;      /* the step cutting */
+    const char *base; /* the string; offsets are relative to it */
+    idvec *out;
+    split_behavior behavior;
+    bool invert;
+    bool prev_match;  /* whether the previous cut was a match */
+    bool held;        /* a piece that the next cut may still extend: [held_start, held_end) */
+    size_t held_start, held_end;
+} splitter;
+
+/* Passes a piece on: to the next step, through the byte mapping first for ByteLevel. Empty
+ * pieces are dropped, as PreTokenizedString::split does. */
+static int byte_level_map(tokenizer *tok, size_t step, const char *s, size_t n, idvec *out);
+
+static int splitter_emit(splitter *sp, size_t start, size_t end) {
+    if (end <= start) return 0;
+    if (sp->tok->pretok[sp->step].kind == PRETOK_BYTE_LEVEL)
+        return byte_level_map(sp->tok, sp->step, sp->base + start, end - start, sp->out);
+    return pretokenize(sp->tok, sp->step + 1, sp->base + start, end - start, sp->out);
+}
+
+/* Holds [start, end) back until the next cut shows whether it must be extended. */
+static int splitter_hold(splitter *sp, size_t start, size_t end) {
+    int rc = sp->held ? splitter_emit(sp, sp->held_start, sp->held_end) : 0;
+    sp->held = true, sp->held_start = start, sp->held_end = end;
+    return rc;
+}
+
+/* The next cut, in order: a match or the text between two matches. */
+static int splitter_feed(splitter *sp, size_t start, size_t end, bool is_match) {
+    is_match ^= sp->invert;
+    bool prev_match = sp->prev_match;
+    sp->prev_match = is_match;
+    switch (sp->behavior) {
+    case SPLIT_ISOLATED:
+        return splitter_emit(sp, start, end);
+    case SPLIT_REMOVED:
+        return is_match ? 0 : splitter_emit(sp, start, end);
+    case SPLIT_MERGED_WITH_PREVIOUS: /* a match joins the piece before it, unless that is a match */
+        if (is_match && !prev_match && sp->held) {
+            sp->held_end = end;
+            return 0;
+        }
+        return splitter_hold(sp, start, end);
+    case SPLIT_CONTIGUOUS: /* consecutive matches form one piece */
+        if (is_match == prev_match && sp->held) {
+            sp->held_end = end;
+            return 0;
+        }
+        return splitter_hold(sp, start, end);
+    case SPLIT_MERGED_WITH_NEXT: /* a match joins the piece after it, unless that is a match */
+        if (is_match) return splitter_hold(sp, start, end);
+        if (sp->held) start = sp->held_start;
+        sp->held = false;
+        return splitter_emit(sp, start, end);
+    }
+    return 0;
+}
+
+static int splitter_finish(splitter *sp) {
+    int rc = sp->held ? splitter_emit(sp, sp->held_start, sp->held_end) : 0;
+    sp->held = false;
+    return rc;
+}
+
+/* Cuts s[0..n) at the matches of re, as SysRegex::find_matches over Oniguruma's find_iter: an
+ * empty match right where the previous match ended is skipped by moving on one character. */
+static int regex_split(tokenizer *tok, const pretok_step *st, const char *s, size_t n, splitter *sp) {
     size_t pos = 0, prev = 0, last_end = SIZE_MAX;
     PCRE2_SIZE *ov = pcre2_get_ovector_pointer(st->md);
     while (pos <= n) {
@@ -1337,111 +1393,45 @@ static int regex_marks(tokenizer *tok, const pretok_step *st, const char *s, siz
             pos += utf8_len((uint8_t)s[pos]);
             continue;
         }
-        if (ms > prev && marks_push(out, prev, ms, false)) return -1;
-        if (marks_push(out, ms, me, true)) return -1;
+        if (ms > prev && splitter_feed(sp, prev, ms, false)) return -1;
+        if (splitter_feed(sp, ms, me, true)) return -1;
         prev = pos = last_end = me;
     }
-    if (prev < n && marks_push(out, prev, n, false)) return -1;
-    return 0;
+    if (prev < n && splitter_feed(sp, prev, n, false)) return -1;
+    return splitter_finish(sp);
 }
 
-/* Applies a split behaviour to the cuts in m (in place) and appends the non-empty pieces, offset
- * by base, to out. */
-static int marks_apply(markvec *m, split_behavior b, bool invert, size_t base, spanvec *out) {
-    if (invert)
-        for (size_t i = 0; i < m->len; i++) m->p[i].is_match = !m->p[i].is_match;
-    size_t n = 0; /* pieces kept so far, written back into m->p[0..n) */
-    bool prev_match = false;
-    if (b == SPLIT_MERGED_WITH_NEXT) { /* a match joins the piece after it: walk backwards */
-        for (size_t i = m->len; i-- > 0;) {
-            mark c = m->p[i];
-            if (c.is_match && !prev_match && n) m->p[m->len - n].start = c.start;
-            else m->p[m->len - ++n] = c;
-            prev_match = c.is_match;
-        }
-        memmove(m->p, m->p + m->len - n, n * sizeof *m->p);
-    } else {
-        for (size_t i = 0; i < m->len; i++) {
-            mark c = m->p[i];
-            bool join = (b == SPLIT_MERGED_WITH_PREVIOUS && c.is_match && !prev_match) ||
-                        (b == SPLIT_CONTIGUOUS && c.is_match == prev_match);
-            if (b == SPLIT_REMOVED && c.is_match) {
-                prev_match = c.is_match;
-                continue;
-            }
-            if (join && n) m->p[n - 1].end = c.end;
-            else m->p[n++] = c;
-            prev_match = c.is_match;
-        }
-    }
-    for (size_t i = 0; i < n; i++)
-        if (m->p[i].end > m->p[i].start && spans_push(out, base + m->p[i].start, m->p[i].end - m->p[i].start))
-            return -1;
-    return 0;
-}
-
-/* ByteLevel: optional leading space, optional GPT-2 split, then every byte replaced by its
- * stand-in character. Reads words `in` of base, writes them to dst as words `out`. */
-static int byte_level_apply(tokenizer *tok, const pretok_step *st, const char *base, const spanvec *in,
-                            bytebuf *dst, spanvec *out) {
-    encoder *e = &tok->enc;
+/* ByteLevel's last part: every byte of the piece replaced by its stand-in character. */
+static int byte_level_map(tokenizer *tok, size_t step, const char *s, size_t n, idvec *out) {
+    bytebuf *dst = &tok->enc.level[step].mapped;
+    if (bytes_reserve(dst, 2 * n + 1)) return -1;
     dst->len = 0;
-    for (size_t w = 0; w < in->len; w++) {
-        const char *s = base + in->p[w].off;
-        size_t n = in->p[w].len;
-        if (st->add_prefix_space && s[0] != ' ') {
-            e->tmp.len = 0;
-            if (bytes_append(&e->tmp, " ", 1) || bytes_append(&e->tmp, s, n)) return -1;
-            s = e->tmp.p, n = e->tmp.len;
-        }
-        e->pieces.len = 0;
-        if (st->re) {
-            if (regex_marks(tok, st, s, n, &e->marks) ||
-                marks_apply(&e->marks, SPLIT_ISOLATED, false, 0, &e->pieces))
-                return -1;
-        } else if (spans_push(&e->pieces, 0, n)) {
-            return -1;
-        }
-        if (bytes_reserve(dst, dst->len + 2 * n + 1)) return -1;
-        for (size_t k = 0; k < e->pieces.len; k++) {
-            size_t start = dst->len;
-            const uint8_t *p = (const uint8_t *)s + e->pieces.p[k].off;
-            for (size_t i = 0; i < e->pieces.p[k].len; i++)
-                dst->len += utf8_encode(tok->byte_char[p[i]], dst->p + dst->len);
-            if (spans_push(out, start, dst->len - start)) return -1;
-        }
+    char *o = dst->p;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t b = (uint8_t)s[i];
+        memcpy(o, tok->byte_utf8[b], 2); /* the second byte is overwritten or unused */
+        o += tok->byte_utf8_len[b];
     }
-    return 0;
+    dst->len = (size_t)(o - dst->p);
+    return pretokenize(tok, step + 1, dst->p, dst->len, out);
 }
 
-/* Pre-tokenises one piece of normalised text and appends the ids of its words. */
-static int words_encode(tokenizer *tok, const char *s, size_t n, idvec *out) {
-    if (!n) return 0;
-    encoder *e = &tok->enc;
-    spanvec *cur = &e->spans[0], *next = &e->spans[1];
-    cur->len = 0;
-    if (spans_push(cur, 0, n)) return -1;
-    const char *base = s;
-    int dst = 0; /* which of e->text the next ByteLevel step writes */
-    for (size_t k = 0; k < tok->n_pretok; k++) {
-        const pretok_step *st = &tok->pretok[k];
-        next->len = 0;
-        if (st->kind == PRETOK_SPLIT) {
-            for (size_t w = 0; w < cur->len; w++)
-                if (regex_marks(tok, st, base + cur->p[w].off, cur->p[w].len, &e->marks) ||
-                    marks_apply(&e->marks, st->behavior, st->invert, cur->p[w].off, next))
-                    return -1;
-        } else {
-            if (byte_level_apply(tok, st, base, cur, &e->text[dst], next)) return -1;
-            base = e->text[dst].p;
-            dst ^= 1;
-        }
-        spanvec *t = cur;
-        cur = next, next = t;
+/* Runs the pre-tokenizer steps from `step` on the piece s[0..n) (non-empty) and encodes the
+ * words that come out. */
+static int pretokenize(tokenizer *tok, size_t step, const char *s, size_t n, idvec *out) {
+    if (step == tok->n_pretok) return word_encode(tok, s, n, out);
+    const pretok_step *st = &tok->pretok[step];
+    splitter sp = {.tok = tok, .step = step, .base = s, .out = out, .behavior = st->behavior, .invert = st->invert};
+    if (st->kind == PRETOK_SPLIT) return regex_split(tok, st, s, n, &sp);
+    if (st->add_prefix_space && s[0] != ' ') {
+        bytebuf *pre = &tok->enc.level[step].prefixed;
+        pre->len = 0;
+        if (bytes_append(pre, " ", 1) || bytes_append(pre, s, n)) return -1;
+        sp.base = s = pre->p, n = pre->len;
     }
-    for (size_t w = 0; w < cur->len; w++)
-        if (word_encode(tok, base + cur->p[w].off, cur->p[w].len, out)) return -1;
-    return 0;
+    if (!st->re) return byte_level_map(tok, step, s, n, out);
+    sp.behavior = SPLIT_ISOLATED, sp.invert = false;
+    return regex_split(tok, st, s, n, &sp);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -1458,6 +1448,11 @@ typedef struct {
 static bool added_next(const tokenizer *tok, const added_set *set, const char *s, size_t n, size_t *pos,
                        size_t done, bool allow_special, added_match *m) {
     for (size_t i = *pos; i < n; i++) {
+        if (set->only_first >= 0) { /* jump to the next possible start */
+            const char *p = memchr(s + i, set->only_first, n - i);
+            if (!p) break;
+            i = (size_t)(p - s);
+        }
         uint8_t b = (uint8_t)s[i];
         const added_token *t = NULL;
         for (uint32_t k = set->first[b]; k < set->first[b + 1] && !t; k++) {
@@ -1502,6 +1497,7 @@ typedef int (*encode_stage)(tokenizer *tok, const char *s, size_t n, bool allow_
 /* Splits the added tokens of set out of s, and passes the text between them to next. */
 static int added_split(tokenizer *tok, const added_set *set, const char *s, size_t n, bool allow_special,
                        idvec *out, encode_stage next) {
+    if (set->first[256] == 0) return next(tok, s, n, allow_special, out); /* no tokens to find */
     size_t pos = 0, done = 0;
     added_match m;
     while (added_next(tok, set, s, n, &pos, done, allow_special, &m)) {
@@ -1515,7 +1511,7 @@ static int added_split(tokenizer *tok, const added_set *set, const char *s, size
 
 static int words_stage(tokenizer *tok, const char *s, size_t n, bool allow_special, idvec *out) {
     (void)allow_special;
-    return words_encode(tok, s, n, out);
+    return n ? pretokenize(tok, 0, s, n, out) : 0;
 }
 
 static bool is_ascii(const char *s, size_t n) {
@@ -1527,7 +1523,7 @@ static bool is_ascii(const char *s, size_t n) {
 /* Normalises a piece of raw text, then splits out the normalised added tokens. ASCII text is left
  * as it is: it is invariant under all four normalisation forms. */
 static int normalize_stage(tokenizer *tok, const char *s, size_t n, bool allow_special, idvec *out) {
-    if (tok->n_norm && !is_ascii(s, n)) {
+    if (tok->n_norm && !is_ascii(s, n)) { /* ASCII is the same in every normalisation form */
         if (normalize_apply(tok, s, n, &tok->enc.norm)) return -1;
         s = tok->enc.norm.p, n = tok->enc.norm.len;
     }
