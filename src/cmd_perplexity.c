@@ -57,7 +57,8 @@ static void perplexity_usage(FILE *f) {
             "  -t, --threads N            threads (default 1)\n"
             "\n"
             "--save-logits file (little-endian): \"FMOELOGP\", u32 version 1, u32 vocab, u32 ctx, u32 chunks,\n"
-            "u64 positions; then per scored position: i32 target token id, f32 log_softmax(logits)[vocab].\n",
+            "u64 positions, u64 FNV-1a hash of the tokens used; then per scored position: i32 target token\n"
+            "id, f32 log_softmax(logits)[vocab].\n",
             PPL_DEFAULT_CTX);
 }
 

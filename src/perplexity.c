@@ -142,6 +142,16 @@ static uint64_t get_u64(const unsigned char *p) {
     return v;
 }
 
+uint64_t ppl_tokens_hash(const int32_t *tokens, size_t n) {
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < 4; b++) {
+            h ^= ((uint32_t)tokens[i] >> (8 * b)) & 0xff;
+            h *= 0x100000001b3u;
+        }
+    return h;
+}
+
 static ppl_logfile *logfile_new(const char *path, const char *mode, char *err, size_t errlen) {
     ppl_logfile *lf = calloc(1, sizeof *lf);
     if (!lf || !(lf->path = strdup(path))) {
@@ -176,6 +186,7 @@ ppl_logfile *ppl_logfile_create(const char *path, const ppl_logfile_header *h, c
     put_u32(b + 16, h->ctx);
     put_u32(b + 20, h->n_chunks);
     put_u64(b + 24, h->n_positions);
+    put_u64(b + 32, h->tokens_hash);
     if (fwrite(b, 1, sizeof b, lf->f) != sizeof b) {
         snprintf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         logfile_discard(lf);
@@ -221,7 +232,7 @@ ppl_logfile *ppl_logfile_open(const char *path, ppl_logfile_header *h, char *err
         goto bad;
     }
     uint32_t version = get_u32(b + 8);
-    ppl_logfile_header hd = {get_u32(b + 12), get_u32(b + 16), get_u32(b + 20), get_u64(b + 24)};
+    ppl_logfile_header hd = {get_u32(b + 12), get_u32(b + 16), get_u32(b + 20), get_u64(b + 24), get_u64(b + 32)};
     if (version != PPL_LOGFILE_VERSION) {
         snprintf(err, errlen, "%s: version %" PRIu32 ", this build reads version %u", path, version,
                  PPL_LOGFILE_VERSION);
@@ -356,6 +367,11 @@ static int reference_check(ppl_logfile *ref, const ppl_logfile_header *h, const 
                 return -1;
             }
         }
+    if (h->tokens_hash != ppl_tokens_hash(tokens, (size_t)pl->n_used)) {
+        snprintf(err, errlen, "%s: saved from other tokens (the scored targets match, the context tokens differ)",
+                 path);
+        return -1;
+    }
     return 0;
 }
 
@@ -387,7 +403,8 @@ int ppl_run(model *m, const char *model_name, const int32_t *tokens, size_t n_to
     }
     if (!(s = state_create(m, pl->ctx, err, errlen))) goto done;
     if (p->save_path) {
-        ppl_logfile_header h = {(uint32_t)V, (uint32_t)pl->ctx, (uint32_t)pl->n_chunks, (uint64_t)pl->n_scored};
+        ppl_logfile_header h = {(uint32_t)V, (uint32_t)pl->ctx, (uint32_t)pl->n_chunks, (uint64_t)pl->n_scored,
+                                ppl_tokens_hash(tokens, (size_t)pl->n_used)};
         if (!(save = ppl_logfile_create(p->save_path, &h, err, errlen))) goto done;
     }
 

@@ -32,12 +32,14 @@
  *   16      4     u32 ctx: tokens per chunk (after shortening to a short text)
  *   20      4     u32 n_chunks
  *   24      8     u64 n_positions = n_chunks * (ctx - 1 - ctx / 2): records that follow
- *   32      ...   n_positions records, in scoring order (chunk by chunk, position by position), each
+ *   32      8     u64 tokens_hash: 64-bit FNV-1a of the n_chunks * ctx token ids used, each as 4 little-endian
+ *                   bytes (so that a different text is caught even where it differs only in context tokens)
+ *   40      ...   n_positions records, in scoring order (chunk by chunk, position by position), each
  *                   i32 token: the id that followed (the target of this position)
  *                   f32 logp[vocab]: natural-log probabilities, log_softmax(logits) over the vocabulary
  *
  * A record is 4 + 4 * vocab bytes (about 1 MB with a 248k vocabulary: 255 MB per 512-token chunk). The file
- * size must be exactly 32 + n_positions * (4 + 4 * vocab); ppl_logfile_open checks it, so a truncated file is
+ * size must be exactly 40 + n_positions * (4 + 4 * vocab); ppl_logfile_open checks it, so a truncated file is
  * reported before any model runs. */
 #ifndef FLASHMOE_PERPLEXITY_H
 #define FLASHMOE_PERPLEXITY_H
@@ -86,12 +88,16 @@ double ppl_percentile(const float *sorted, size_t n, double q);
 
 #define PPL_LOGFILE_MAGIC "FMOELOGP"
 #define PPL_LOGFILE_VERSION 1u
-#define PPL_LOGFILE_HEADER_BYTES 32
+#define PPL_LOGFILE_HEADER_BYTES 40
 
 typedef struct {
     uint32_t vocab, ctx, n_chunks;
     uint64_t n_positions;
+    uint64_t tokens_hash; /* ppl_tokens_hash of the tokens used */
 } ppl_logfile_header;
+
+/* 64-bit FNV-1a of n token ids, each as 4 little-endian bytes. */
+uint64_t ppl_tokens_hash(const int32_t *tokens, size_t n);
 
 typedef struct ppl_logfile ppl_logfile;
 
