@@ -63,6 +63,7 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->eh = zalloc((size_t)inter, &ok);
     s->eu = zalloc((size_t)inter, &ok);
     s->eo = zalloc((size_t)H, &ok);
+    s->expert_out = zalloc((size_t)c->n_experts * H, &ok);
     s->topk_id = calloc((size_t)c->n_experts, sizeof(int));
     if (!ok || !s->topk_id) goto oom;
     return s;
@@ -87,7 +88,7 @@ void state_free(state *s) {
     free(s->rec_state);
     float *bufs[] = {s->x,  s->xn,   s->mix,  s->qg,     s->q,  s->k,  s->v,  s->att,
                      s->scores, s->qkv, s->z, s->beta, s->decay, s->o, s->router, s->topk_w,
-                     s->eh, s->eu, s->eo};
+                     s->eh, s->eu, s->eo, s->expert_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->topk_id);
     free(s);

@@ -4,15 +4,13 @@
 
 #include "state.h"
 
-/* out += weight * down(silu(gate x) * up x) */
-static void swiglu_mlp_accum(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *x,
-                             float weight, float *out) {
-    int inter = gate->rows, H = down->rows;
+/* y = down(silu(gate x) * up x) */
+static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *x, float *y) {
+    int inter = gate->rows;
     state_matvec(s, s->eh, gate, x);
     state_matvec(s, s->eu, up, x);
     for (int i = 0; i < inter; i++) s->eh[i] = silu(s->eh[i]) * s->eu[i];
-    state_matvec(s, s->eo, down, s->eh);
-    for (int i = 0; i < H; i++) out[i] += weight * s->eo[i];
+    state_matvec(s, y, down, s->eh);
 }
 
 /* Indices of the k largest p (ties: lower index first, as a stable sort would), in descending order. */
@@ -46,17 +44,29 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, fl
 
     /* start reading the routed experts, then compute the shared expert while they arrive */
     if (experts_begin(m->experts, layer, s->topk_id, K, err, errlen)) return -1;
-    memset(out, 0, sizeof(float) * (size_t)H);
-    /* shared expert, gated by sigmoid(shared_expert_gate(x)) */
     float sg;
     state_matvec(s, &sg, &w->sh_expert_gate, xn);
-    swiglu_mlp_accum(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, sigmoid(sg), out);
+    swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, s->eo);
 
-    /* routed experts: sum_j w_j * expert_j(x), each computed as soon as its weights are in memory */
+    /* routed experts, each computed as soon as its weights are in memory, into its own row */
     int j, rc;
     expert_view v;
     while ((rc = experts_next(m->experts, &j, &v, err, errlen)) == 1)
-        swiglu_mlp_accum(s, &v.gate, &v.up, &v.down, xn, s->topk_w[j], out);
+        swiglu_mlp(s, &v.gate, &v.up, &v.down, xn, s->expert_out + (size_t)j * H);
     experts_end(m->experts);
-    return rc;
+    if (rc) return rc;
+
+    /* out = sum_j w_j * expert_j(x) + sigmoid(shared_expert_gate(x)) * shared(x), summed in ascending
+     * expert order whatever order the reads completed in: results do not depend on I/O timing */
+    memset(out, 0, sizeof(float) * (size_t)H);
+    for (int e = 0, done = 0; done < K && e < E; e++)
+        for (int jj = 0; jj < K; jj++)
+            if (s->topk_id[jj] == e) {
+                const float *y = s->expert_out + (size_t)jj * H;
+                for (int i = 0; i < H; i++) out[i] += s->topk_w[jj] * y[i];
+                done++;
+            }
+    float g = sigmoid(sg);
+    for (int i = 0; i < H; i++) out[i] += g * s->eo[i];
+    return 0;
 }

@@ -18,6 +18,7 @@ struct state {
     float *qg, *q, *k, *v, *att, *scores;
     float *qkv, *z, *beta, *decay, *o;
     float *router, *topk_w, *eh, *eu, *eo;
+    float *expert_out; /* [n_experts][H]: each selected expert's output, summed in a fixed order */
     int *topk_id;
 };
 
