@@ -205,6 +205,29 @@ static void test_kernels_read_quantized(void) {
     free(wd);
 }
 
+/* Split across threads, the output is byte for byte that of one thread. */
+static void test_mt_matches(void) {
+    int rows = 37, cols = 192;
+    size_t n = (size_t)rows * cols;
+    float *x = malloc(sizeof(float) * n);
+    fill(x, n, DIST_HEAVY);
+    pool *p = pool_create(3);
+    for (int ti = 0; ti < 4; ti++) {
+        qbuf a = quantize(QTYPES[ti], QUANT_MSE, x, rows, cols, 64);
+        uint32_t *w = malloc(quant_words(QTYPES[ti], n) * 4);
+        uint16_t *s = malloc(n / 64 * 2), *b = malloc(n / 64 * 2);
+        CHECK(quant_rows_mt(p, QTYPES[ti], QUANT_MSE, x, rows, cols, 64, w, s, b) == 0, "quant_rows_mt failed");
+        CHECK(!memcmp(w, a.words, quant_words(QTYPES[ti], n) * 4) && !memcmp(s, a.scales, n / 64 * 2) &&
+                  !memcmp(b, a.biases, n / 64 * 2),
+              "%s: quant_rows_mt differs from quant_rows", dtype_name(QTYPES[ti]));
+        free(w); free(s); free(b);
+        qbuf_free(&a);
+    }
+    CHECK(quant_rows_mt(p, DTYPE_Q4, QUANT_MSE, x, rows, cols, 48, NULL, NULL, NULL) == -1, "group 48 accepted");
+    pool_free(p);
+    free(x);
+}
+
 static void test_rejects_bad_arguments(void) {
     float x[96] = {0};
     uint32_t words[96];
@@ -220,6 +243,7 @@ int main(void) {
     RUN_TEST(test_minmax_within_bound);
     RUN_TEST(test_mse_not_worse);
     RUN_TEST(test_kernels_read_quantized);
+    RUN_TEST(test_mt_matches);
     RUN_TEST(test_rejects_bad_arguments);
     TEST_EXIT();
 }
