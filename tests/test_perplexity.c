@@ -5,10 +5,7 @@
  * position's logits and takes log-softmax in long double; the command runs the context half without logits,
  * the scored half in batches, and rounds each log-probability to float (as it stores them). Tolerances follow
  * from that rounding: a stored log-probability is off by at most 2^-24 |logp| (about 1e-6 here, |logp| < 20),
- * so means of NLL, KL and delta p agree to about 1e-6 absolute; the bounds below are 1e-5, ten times that.
- *
- * Also a driver: `test_perplexity --cli perplexity ARGS...` runs cmd_perplexity, for tests/perplexity_test.sh
- * while src/main.c does not dispatch the command yet. */
+ * so means of NLL, KL and delta p agree to about 1e-6 absolute; the bounds below are 1e-5, ten times that. */
 #include <cjson/cJSON.h>
 #include <fcntl.h>
 #include <math.h>
@@ -23,6 +20,7 @@
 #include "tokenizer.h"
 #include "util.h"
 
+/* not commands.h: its weak declaration would not make the linker take cmd_perplexity from the archive */
 int cmd_perplexity(int argc, char **argv);
 
 #define FX_A "tests/fixtures/tiny-a-f32"
@@ -657,9 +655,7 @@ static void tmpdir_remove(const char *dir) {
     if (system(cmd) != 0) fprintf(stderr, "  could not remove %s\n", dir);
 }
 
-int main(int argc, char **argv) {
-    if (argc >= 3 && !strcmp(argv[1], "--cli") && !strcmp(argv[2], "perplexity"))
-        return cmd_perplexity(argc - 2, argv + 2);
+int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/flashmoe_ppl_XXXXXX");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
