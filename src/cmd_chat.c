@@ -682,6 +682,10 @@ static void chat_usage(FILE *f) {
             "  --experts-per-token K      experts used per token (default: the model's own)\n"
             "  -t, --threads N            threads (default 1)\n"
             "  --ctx N                    context length (default %d, at most the model's maximum)\n"
+            "  --io cache|direct|mmap     expert reads: page cache (default), O_DIRECT with an in-process\n"
+            "                             LRU cache of --cache-mb MiB, or mapped (HF checkpoints only)\n"
+            "  --cache-mb N               expert cache budget for --io direct (default 0)\n"
+            "  --io-threads               read with a pool of pread threads instead of io_uring\n"
             "  -n N                       most tokens per answer, thinking included (default 4096)\n"
             "  --system TEXT              system prompt\n"
             "  --no-think                 start with thinking off (/think on|off switches)\n"
@@ -717,6 +721,25 @@ static int chat_parse(chat_opts *o, int argc, char **argv) {
             if (!VALUE() || cli_int(cmd, a, v, 1, 1 << 20, &o->mo.top_k)) return -1;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (!VALUE() || cli_int(cmd, a, v, 1, 1024, &o->mo.threads)) return -1;
+        } else if (!strcmp(a, "--io")) {
+            /* the engine options of flashmoe run (cmd_run.c keeps its parser private) */
+            if (!VALUE()) return -1;
+            if (!strcmp(v, "cache"))
+                o->mo.io = EXPERTS_IO_CACHE;
+            else if (!strcmp(v, "direct"))
+                o->mo.io = EXPERTS_IO_DIRECT;
+            else if (!strcmp(v, "mmap"))
+                o->mo.io = EXPERTS_IO_MMAP;
+            else {
+                fprintf(stderr, "flashmoe chat: --io takes cache, direct or mmap, got '%s'\n", v);
+                return -1;
+            }
+        } else if (!strcmp(a, "--cache-mb")) {
+            int mb;
+            if (!VALUE() || cli_int(cmd, a, v, 0, 1 << 30, &mb)) return -1;
+            o->mo.cache_bytes = (size_t)mb << 20;
+        } else if (!strcmp(a, "--io-threads")) {
+            o->mo.io_threads_only = 1;
         } else if (!strcmp(a, "--ctx")) {
             if (!VALUE() || cli_int(cmd, a, v, 16, 1 << 24, &o->ctx)) return -1;
         } else if (!strcmp(a, "-n")) {
