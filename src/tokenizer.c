@@ -1258,7 +1258,8 @@ static const int32_t *word_cache_get(const word_cache *c, uint64_t h, const char
 }
 
 /* Remembers the ids of w; silently does nothing when memory is short (the cache only saves time). */
-static void word_cache_put(word_cache *c, uint64_t h, const char *w, size_t n, const int32_t *ids, size_t count) {
+static void word_cache_put(word_cache *c, uint64_t h, const char *w, size_t n, const int32_t *ids,
+                           size_t count) {
     if (n > CACHE_MAX_WORD_BYTES || count > n) return;
     if (!c->slot && !(c->slot = calloc(CACHE_SLOTS, sizeof *c->slot))) return;
     if (c->count >= CACHE_MAX_WORDS || c->keys.len + n > CACHE_MAX_KEY_BYTES) {
@@ -1421,7 +1422,8 @@ static int byte_level_map(tokenizer *tok, size_t step, const char *s, size_t n, 
 static int pretokenize(tokenizer *tok, size_t step, const char *s, size_t n, idvec *out) {
     if (step == tok->n_pretok) return word_encode(tok, s, n, out);
     const pretok_step *st = &tok->pretok[step];
-    splitter sp = {.tok = tok, .step = step, .base = s, .out = out, .behavior = st->behavior, .invert = st->invert};
+    splitter sp = {.tok = tok, .step = step, .base = s, .out = out};
+    sp.behavior = st->behavior, sp.invert = st->invert;
     if (st->kind == PRETOK_SPLIT) return regex_split(tok, st, s, n, &sp);
     if (st->add_prefix_space && s[0] != ' ') {
         bytebuf *pre = &tok->enc.level[step].prefixed;
