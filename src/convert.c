@@ -185,9 +185,10 @@ static void progress(const convert_opts *o, int layer, int n_layers, double t0, 
     if (o->quiet) return;
     double dt = util_now_seconds() - t0, frac = (double)layer / n_layers;
     double eta = frac > 0 ? dt * (1 - frac) / frac : 0;
-    int width = 30, done = (int)(frac * width);
-    fprintf(stderr, "\rconvert: [%.*s%*s] layer %d/%d, %.2f GB written, %.0f MB/s, ETA %.0fs   ", done,
-            "##############################", width - done, "", layer, n_layers, bytes / 1e9,
+    int width = 30, done = (int)(frac * width), tty = isatty(2);
+    if (!tty && layer != n_layers) return; /* a log gets the summary line only */
+    fprintf(stderr, "%sconvert: [%.*s%*s] layer %d/%d, %.2f GB written, %.0f MB/s, ETA %.0fs   ", tty ? "\r" : "",
+            done, "##############################", width - done, "", layer, n_layers, bytes / 1e9,
             dt > 0 ? bytes / dt / 1e6 : 0.0, eta);
     if (layer == n_layers) fputc('\n', stderr);
 }

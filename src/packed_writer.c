@@ -90,13 +90,17 @@ int st_writer_begin_data(st_writer *w, const char *format_tag, char *err, size_t
 }
 
 int st_writer_write(st_writer *w, const void *data, size_t nbytes, char *err, size_t errlen) {
-    if (w->next >= w->n || spec_bytes(&w->specs[w->next]) != nbytes) {
+    if (w->next >= w->n || w->part + nbytes > spec_bytes(&w->specs[w->next])) {
         snprintf(err, errlen, "%s: internal error: tensor %d written with %zu bytes", w->path, w->next, nbytes);
         return -1;
     }
     if (fwrite(data, 1, nbytes, w->f) != nbytes) return io_fail(err, errlen, w->path, "write failed");
-    w->next++;
     w->written += nbytes;
+    w->part += nbytes;
+    if (w->part == spec_bytes(&w->specs[w->next])) {
+        w->next++;
+        w->part = 0;
+    }
     return 0;
 }
 

@@ -23,6 +23,7 @@ typedef struct {
     st_spec *specs;
     int n, cap, next;
     uint64_t written; /* data bytes written so far */
+    uint64_t part;    /* bytes of the current tensor written so far */
 } st_writer;
 
 int st_writer_open(st_writer *w, const char *path, char *err, size_t errlen);
@@ -31,7 +32,7 @@ int st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, cons
                   size_t errlen);
 /* Writes the header (after every add). */
 int st_writer_begin_data(st_writer *w, const char *format_tag, char *err, size_t errlen);
-/* The bytes of the next declared tensor (exactly its size). */
+/* Bytes of the tensors in declaration order: a tensor may be written in several calls. */
 int st_writer_write(st_writer *w, const void *data, size_t nbytes, char *err, size_t errlen);
 int st_writer_close(st_writer *w, char *err, size_t errlen); /* checks every tensor was written */
 void st_writer_abort(st_writer *w);
