@@ -16,6 +16,7 @@ typedef struct {
     const char *dir;
     model_opts mo;
     int ctx;
+    int timing;
 } engine_args;
 
 /* Options every model-running command takes. Returns 1 if argv[*i] was one, 0 if not, -1 on error. */
@@ -42,6 +43,8 @@ static int engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, i
         ea->mo.cache_bytes = (size_t)mb << 20;
     } else if (!strcmp(a, "--io-threads")) {
         ea->mo.io_threads_only = 1;
+    } else if (!strcmp(a, "--timing")) {
+        ea->timing = 1;
     } else if (!strcmp(a, "--ctx")) {
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1 << 24, &ea->ctx)) return -1;
     } else {
@@ -58,7 +61,8 @@ static int engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, i
     "  --io cache|direct|mmap     expert reads: page cache (default), O_DIRECT with an in-process\n" \
     "                             LRU cache of --cache-mb MiB, or mapped (HF checkpoints only)\n"    \
     "  --cache-mb N               expert cache budget for --io direct (default 0)\n"              \
-    "  --io-threads               read with a pool of pread threads instead of io_uring\n"
+    "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
+    "  --timing                   print where each layer's time goes, and the I/O totals\n"
 
 static int engine_open(const char *cmd, engine_args *ea, model **m, state **s, int need_ctx) {
     char err[1024];
@@ -76,6 +80,7 @@ static int engine_open(const char *cmd, engine_args *ea, model **m, state **s, i
         model_free(*m);
         return -1;
     }
+    state_set_timing(*s, ea->timing);
     return 0;
 }
 
@@ -167,6 +172,7 @@ int cmd_run(int argc, char **argv) {
         goto done;
     }
     for (int i = 0; i < n_prompt; i++) sampler_accept(smp, prompt[i]);
+    double t_start = util_now_seconds();
     if (model_forward(m, s, prompt, n_prompt, logits, 0, err, sizeof err)) {
         fprintf(stderr, "flashmoe run: %s: %s\n", ea.dir, err);
         goto done;
@@ -184,6 +190,7 @@ int cmd_run(int argc, char **argv) {
         }
     }
     printf("\n");
+    if (ea.timing) state_timing_report(s, util_now_seconds() - t_start, stderr);
     rc = 0;
 done:
     sampler_free(smp);
@@ -255,6 +262,7 @@ int cmd_logits(int argc, char **argv) {
         fprintf(stderr, "flashmoe logits: %s: cannot create: %s\n", out_path, strerror(errno));
         goto done;
     }
+    double t_start = util_now_seconds();
     for (int i = 0; i < n; i++) { /* one row at a time: memory stays [vocab], whatever n is */
         if (model_forward(m, s, &tokens[i], 1, logits, 0, err, sizeof err)) {
             fprintf(stderr, "flashmoe logits: %s: %s\n", ea.dir, err);
@@ -271,6 +279,7 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     f = NULL;
+    if (ea.timing) state_timing_report(s, util_now_seconds() - t_start, stderr);
     rc = 0;
 done:
     if (f) fclose(f);

@@ -65,6 +65,8 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->eo = zalloc((size_t)H, &ok);
     s->expert_out = zalloc((size_t)c->n_experts * H, &ok);
     s->topk_id = calloc((size_t)c->n_experts, sizeof(int));
+    s->times = calloc((size_t)L * T_COUNT, sizeof(double));
+    if (!s->times) ok = 0;
     if (!ok || !s->topk_id) goto oom;
     return s;
 oom:
@@ -91,6 +93,7 @@ void state_free(state *s) {
                      s->eh, s->eu, s->eo, s->expert_out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->topk_id);
+    free(s->times);
     free(s);
 }
 
@@ -111,27 +114,72 @@ static int forward_token(model *m, state *s, int32_t token, float *logits, char 
     const model_config *c = &m->cfg;
     int H = c->hidden_size;
     float *x = s->x;
+    double t = state_clock(s), t0 = t;
     kernel_row_f32(x, &m->embed, token); /* x = embed_tokens(token) */
+    if (s->timing) s->t_head += util_now_seconds() - t0;
+    t = state_clock(s);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *w = &m->layers[l];
         /* h = x + mixer(input_layernorm(x)) */
         rmsnorm(s->xn, x, w->input_norm, H, c->norm_eps);
+        state_tick(s, l, T_OTHER, &t);
         if (w->type == LAYER_FULL_ATTENTION)
             attention_forward(s, l, w, s->xn, s->mix);
         else
             delta_net_forward(s, l, w, s->xn, s->mix);
+        state_tick(s, l, T_MIXER, &t);
         for (int i = 0; i < H; i++) x[i] += s->mix[i];
         /* out = h + moe(post_attention_layernorm(h)) */
         rmsnorm(s->xn, x, w->post_norm, H, c->norm_eps);
-        if (moe_forward(s, l, w, s->xn, s->mix, err, errlen)) return -1;
+        state_tick(s, l, T_OTHER, &t);
+        if (moe_forward(s, l, w, s->xn, s->mix, err, errlen)) return -1; /* ticks its own buckets */
         for (int i = 0; i < H; i++) x[i] += s->mix[i];
+        state_tick(s, l, T_OTHER, &t);
     }
     s->pos++;
+    s->timed_tokens += s->timing;
     if (logits) {
         rmsnorm(s->xn, x, m->final_norm, H, c->norm_eps);
         state_matvec(s, logits, &m->lm_head, s->xn);
+        if (s->timing) s->t_head += util_now_seconds() - t;
     }
     return 0;
+}
+
+void state_set_timing(state *s, int on) { s->timing = on; }
+
+void state_timing_report(const state *s, double wall, FILE *f) {
+    const model_config *c = &s->m->cfg;
+    static const char *names[T_COUNT] = {"mixer", "routing", "io wait", "experts", "other"};
+    double total[T_COUNT] = {0}, all = s->t_head;
+    long n = s->timed_tokens ? s->timed_tokens : 1;
+    fprintf(f, "\ntiming over %ld tokens, per token (ms):\n%5s %-6s", s->timed_tokens, "layer", "type");
+    for (int b = 0; b < T_COUNT; b++) fprintf(f, " %9s", names[b]);
+    fprintf(f, " %9s\n", "total");
+    for (int l = 0; l < c->n_layers; l++) {
+        double sum = 0;
+        fprintf(f, "%5d %-6s", l, c->layer_types[l] == LAYER_FULL_ATTENTION ? "attn" : "delta");
+        for (int b = 0; b < T_COUNT; b++) {
+            double v = s->times[l * T_COUNT + b];
+            total[b] += v;
+            sum += v;
+            fprintf(f, " %9.3f", 1e3 * v / n);
+        }
+        all += sum;
+        fprintf(f, " %9.3f\n", 1e3 * sum / n);
+    }
+    fprintf(f, "%5s %-6s", "all", "");
+    for (int b = 0; b < T_COUNT; b++) fprintf(f, " %9.3f", 1e3 * total[b] / n);
+    fprintf(f, " %9.3f   (+ embedding and lm_head %.3f)\n", 1e3 * (all - s->t_head) / n, 1e3 * s->t_head / n);
+    experts_stats st;
+    experts_stats_get(s->m->experts, &st);
+    uint64_t asked = st.hits + st.misses;
+    fprintf(f, "experts: --io %s%s%s: %.3f GB read in %llu requests (%.1f MB/token), %.2f GB/s over the run, "
+            "%.2f GB/s while waiting; cache hits %llu of %llu (%.1f%%), cache memory %.1f MB\n",
+            st.mode, st.backend[0] ? ", " : "", st.backend, st.bytes_read / 1e9, (unsigned long long)st.requests,
+            st.bytes_read / 1e6 / n, wall > 0 ? st.bytes_read / wall / 1e9 : 0.0,
+            st.wait_ns ? st.bytes_read / (st.wait_ns * 1e-9) / 1e9 : 0.0, (unsigned long long)st.hits,
+            (unsigned long long)asked, asked ? 100.0 * st.hits / asked : 0.0, st.memory_bytes / 1e6);
 }
 
 int model_forward(model *m, state *s, const int32_t *tokens, int n, float *logits, int all_logits, char *err,

@@ -11,6 +11,7 @@
 #ifndef FLASHMOE_MODEL_H
 #define FLASHMOE_MODEL_H
 #include <stdint.h>
+#include <stdio.h>
 
 #include "checkpoint.h"
 #include "config.h"
@@ -75,6 +76,9 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen);
 void state_free(state *s);
 void state_reset(state *s);
 int state_pos(const state *s);
+/* --timing: collect per-layer times from now on, and print them with the I/O totals. */
+void state_set_timing(state *s, int on);
+void state_timing_report(const state *s, double wall_seconds, FILE *f);
 
 /* Runs tokens[0..n) from the current position. logits: if all_logits, [n x vocab] (every position);
  * else [vocab] for the last position; may be NULL. Returns 0, or -1 with a message (bad token id,

@@ -30,6 +30,7 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, fl
     const model *m = s->m;
     int E = m->cfg.n_experts, K = m->top_k, H = m->cfg.hidden_size;
 
+    double t = state_clock(s);
     /* p = softmax(router(x)); top-k; weights renormalised to sum to 1 */
     float *p = s->router;
     state_matvec(s, p, &w->router, xn);
@@ -42,18 +43,25 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, fl
     for (int j = 0; j < K; j++) wsum += p[s->topk_id[j]];
     for (int j = 0; j < K; j++) s->topk_w[j] = p[s->topk_id[j]] / wsum;
 
+    state_tick(s, layer, T_ROUTING, &t);
     /* start reading the routed experts, then compute the shared expert while they arrive */
     if (experts_begin(m->experts, layer, s->topk_id, K, err, errlen)) return -1;
+    state_tick(s, layer, T_IO_WAIT, &t);
     float sg;
     state_matvec(s, &sg, &w->sh_expert_gate, xn);
     swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, s->eo);
+    state_tick(s, layer, T_EXPERTS, &t);
 
     /* routed experts, each computed as soon as its weights are in memory, into its own row */
     int j, rc;
     expert_view v;
-    while ((rc = experts_next(m->experts, &j, &v, err, errlen)) == 1)
+    while ((rc = experts_next(m->experts, &j, &v, err, errlen)) == 1) {
+        state_tick(s, layer, T_IO_WAIT, &t);
         swiglu_mlp(s, &v.gate, &v.up, &v.down, xn, s->expert_out + (size_t)j * H);
+        state_tick(s, layer, T_EXPERTS, &t);
+    }
     experts_end(m->experts);
+    state_tick(s, layer, T_IO_WAIT, &t);
     if (rc) return rc;
 
     /* out = sum_j w_j * expert_j(x) + sigmoid(shared_expert_gate(x)) * shared(x), summed in ascending
@@ -68,5 +76,6 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, fl
             }
     float g = sigmoid(sg);
     for (int i = 0; i < H; i++) out[i] += g * s->eo[i];
+    state_tick(s, layer, T_EXPERTS, &t);
     return 0;
 }

@@ -4,9 +4,17 @@
 #define FLASHMOE_STATE_H
 #include "kernels.h"
 #include "model.h"
+#include "util.h"
+
+/* --timing: where each layer's time goes */
+enum { T_MIXER, T_ROUTING, T_IO_WAIT, T_EXPERTS, T_OTHER, T_COUNT };
 
 struct state {
     const model *m;
+    int timing;      /* collect per-layer times */
+    double *times;   /* [n_layers][T_COUNT] seconds */
+    double t_head;   /* embedding, final norm, lm_head */
+    long timed_tokens;
     int pos, max_ctx;
     /* full-attention layers: keys and values of every position, [max_ctx][n_kv_heads * head_dim] */
     float **k_cache, **v_cache;
@@ -21,6 +29,15 @@ struct state {
     float *expert_out; /* [n_experts][H]: each selected expert's output, summed in a fixed order */
     int *topk_id;
 };
+
+static inline double state_clock(const state *s) { return s->timing ? util_now_seconds() : 0.0; }
+/* adds the time since *t to bucket b of layer l, and restarts *t */
+static inline void state_tick(state *s, int l, int b, double *t) {
+    if (!s->timing) return;
+    double now = util_now_seconds();
+    s->times[l * T_COUNT + b] += now - *t;
+    *t = now;
+}
 
 /* y = W x on the model's thread pool */
 static inline void state_matvec(const state *s, float *y, const qmat *w, const float *x) {
