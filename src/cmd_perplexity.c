@@ -4,7 +4,15 @@
  *
  * The method (llama.cpp's convention: chunks of ctx tokens, each from an empty state, the second half of each
  * chunk scored) and the --save-logits file format are described in perplexity.h, which does the work; this
- * file reads the input, loads the model and prints the results. */
+ * file reads the input, loads the model and prints the results.
+ *
+ * --json prints one object on one line:
+ *   model, experts_per_token, input, tokens (in the input), ctx (tokens per chunk), chunks, first_scored
+ *   (first chunk position whose logits are scored), scored, evaluated (tokens run), seconds,
+ *   tokens_per_second (evaluated / seconds), nll_mean, nll_se, ppl, ppl_se, [save_logits: the file],
+ *   [kld: {file, ref_ppl, ref_ppl_se, ln_ppl_ratio, ln_ppl_ratio_se (paired), kl_mean, kl_se, kl_median,
+ *          kl_p90, kl_p99, kl_max, top1_agreement, top1_agreement_se, delta_p_mean, delta_p_se}]
+ * (natural logs; probabilities as fractions, not percent). */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -127,8 +135,10 @@ static int input_read(const ppl_args *a, int32_t **ids, size_t *n, char *err, si
             snprintf(err, errlen, "%s/tokenizer.json: not found (for a model without a tokenizer, give token ids "
                      "with --ids-file)", a->dir);
         } else if ((tok = tokenizer_load(path, err, errlen))) {
-            if (tokenizer_encode(tok, text, len, 0, ids, n)) snprintf(err, errlen, "%s: %s", a->input, tokenizer_error(tok));
-            else rc = 0;
+            if (tokenizer_encode(tok, text, len, 0, ids, n))
+                snprintf(err, errlen, "%s: %s", a->input, tokenizer_error(tok));
+            else
+                rc = 0;
         }
     }
     tokenizer_free(tok);
@@ -254,7 +264,9 @@ int cmd_perplexity(int argc, char **argv) {
     int run_rc = ppl_run(m, a.dir, ids, n, &p, &res, err, sizeof err);
     if (pr.shown) fputc('\n', stderr);
     if (run_rc) goto fail;
-    if (a.json ? json_print(&a, m, n, &res) : (summary_print(&a, m, n, &res), 0)) {
+    if (!a.json) {
+        summary_print(&a, m, n, &res);
+    } else if (json_print(&a, m, n, &res)) {
         snprintf(err, sizeof err, "out of memory");
         goto fail;
     }

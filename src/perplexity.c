@@ -397,11 +397,12 @@ int ppl_run(model *m, const char *model_name, const int32_t *tokens, size_t n_to
         ppl_logfile_header h;
         if (!(ref = ppl_logfile_open(p->kld_path, &h, err, errlen))) goto done;
         if (reference_check(ref, &h, pl, V, tokens, err, errlen)) goto done;
-        if (!(ref_row = malloc(sizeof(float) * (size_t)V)) || !(kl_values = malloc(sizeof(float) * (size_t)pl->n_scored)))
-            goto oom;
+        ref_row = malloc(sizeof(float) * (size_t)V);
+        kl_values = malloc(sizeof(float) * (size_t)pl->n_scored);
+        if (!ref_row || !kl_values) goto oom;
         r->has_ref = 1;
     }
-    if (!(s = state_create(m, pl->ctx, err, errlen))) goto done;
+    if (!(s = state_create(m, pl->ctx, ferr, sizeof ferr))) goto forward_failed;
     if (p->save_path) {
         ppl_logfile_header h = {(uint32_t)V, (uint32_t)pl->ctx, (uint32_t)pl->n_chunks, (uint64_t)pl->n_scored,
                                 ppl_tokens_hash(tokens, (size_t)pl->n_used)};
@@ -467,7 +468,7 @@ int ppl_run(model *m, const char *model_name, const int32_t *tokens, size_t n_to
     save = NULL;
     if (rc && p->save_path) unlink(p->save_path);
     goto done;
-forward_failed:
+forward_failed: /* the model's own message, with the model named */
     snprintf(err, errlen, "%s: %s", model_name, ferr);
     goto done;
 oom:
