@@ -3,7 +3,7 @@
 # repository: a greedy continuation of a prompt, printed as token ids.
 set -e
 cd "$(dirname "$0")/.."
-PKGS="gcc make libcjson-dev libpcre2-dev libutf8proc-dev liburing-dev libedit-dev"
+PKGS="gcc make libcjson-dev libpcre2-dev libutf8proc-dev liburing-dev libedit-dev tmux"
 if ! dpkg -s $PKGS >/dev/null 2>&1; then
     SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq

@@ -74,3 +74,37 @@ oom:
     fprintf(stderr, "flashmoe %s: out of memory\n", cmd);
     return -1;
 }
+
+/* Options every model-running command takes. Returns 1 if argv[*i] was one, 0 if not, -1 on error. */
+int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        if (!(ea->dir = cli_value(cmd, argc, argv, i))) return -1;
+    } else if (!strcmp(a, "--experts-per-token")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1 << 20, &ea->mo.top_k)) return -1;
+    } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1024, &ea->mo.threads)) return -1;
+    } else if (!strcmp(a, "--io")) {
+        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
+        if (!strcmp(v, "cache")) ea->mo.io = EXPERTS_IO_CACHE;
+        else if (!strcmp(v, "direct")) ea->mo.io = EXPERTS_IO_DIRECT;
+        else if (!strcmp(v, "mmap")) ea->mo.io = EXPERTS_IO_MMAP;
+        else {
+            fprintf(stderr, "flashmoe %s: --io takes cache, direct or mmap, got '%s'\n", cmd, v);
+            return -1;
+        }
+    } else if (!strcmp(a, "--cache-mb")) {
+        int mb;
+        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 0, 1 << 30, &mb)) return -1;
+        ea->mo.cache_bytes = (size_t)mb << 20;
+    } else if (!strcmp(a, "--io-threads")) {
+        ea->mo.io_threads_only = 1;
+    } else if (!strcmp(a, "--timing")) {
+        ea->timing = 1;
+    } else if (!strcmp(a, "--ctx")) {
+        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1 << 24, &ea->ctx)) return -1;
+    } else {
+        return 0;
+    }
+    return 1;
+}

@@ -4,11 +4,36 @@
 #define FLASHMOE_CLI_H
 #include <stdint.h>
 
+#include "model.h"
+
 /* argv[*i] is a flag taking a value: advances *i and returns the value, or NULL (error printed). */
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
 int cli_int(const char *cmd, const char *flag, const char *v, long lo, long hi, int *out);
 int cli_float(const char *cmd, const char *flag, const char *v, double lo, double hi, float *out);
 /* "1,2,3" or "1 2 3" into a new array of ids (free with free); each a non-negative integer. */
 int cli_ids(const char *cmd, const char *flag, const char *v, int32_t **ids, int *n);
+
+/* The options of every model-running command: -m, --experts-per-token, --threads, --io, --cache-mb,
+ * --io-threads, --timing, --ctx. */
+typedef struct {
+    const char *dir;
+    model_opts mo;
+    int ctx;
+    int timing;
+} engine_args;
+
+/* 1 if argv[*i] was one of them (consumed, with its value), 0 if not, -1 on error (printed). */
+int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int *i);
+
+#define CLI_ENGINE_HELP                                                                   \
+    "  -m, --model DIR            Hugging Face checkpoint directory (config.json + safetensors)\n" \
+    "  --experts-per-token K      experts used per token (default: the model's own)\n"       \
+    "  -t, --threads N            threads (default 1)\n"                                     \
+    "  --ctx N                    context length to allocate (default 4096)\n"              \
+    "  --io cache|direct|mmap     expert reads: page cache (default), O_DIRECT with an in-process\n" \
+    "                             LRU cache of --cache-mb MiB, or mapped (HF checkpoints only)\n"    \
+    "  --cache-mb N               expert cache budget for --io direct (default 0)\n"              \
+    "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
+    "  --timing                   print where each layer's time goes, and the I/O totals\n"
 
 #endif

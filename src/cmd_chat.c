@@ -713,35 +713,17 @@ static int chat_parse(chat_opts *o, int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
 #define VALUE() (v = cli_value(cmd, argc, argv, &i))
+        engine_args ea = {.dir = o->dir, .mo = o->mo, .ctx = o->ctx};
+        int r = cli_engine_arg(cmd, &ea, argc, argv, &i);
+        if (r < 0) return -1;
+        if (r > 0) { /* the engine options shared with flashmoe run */
+            o->dir = ea.dir;
+            o->mo = ea.mo;
+            o->ctx = ea.ctx;
+            continue;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             return 1;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            if (!(o->dir = VALUE())) return -1;
-        } else if (!strcmp(a, "--experts-per-token")) {
-            if (!VALUE() || cli_int(cmd, a, v, 1, 1 << 20, &o->mo.top_k)) return -1;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (!VALUE() || cli_int(cmd, a, v, 1, 1024, &o->mo.threads)) return -1;
-        } else if (!strcmp(a, "--io")) {
-            /* the engine options of flashmoe run (cmd_run.c keeps its parser private) */
-            if (!VALUE()) return -1;
-            if (!strcmp(v, "cache"))
-                o->mo.io = EXPERTS_IO_CACHE;
-            else if (!strcmp(v, "direct"))
-                o->mo.io = EXPERTS_IO_DIRECT;
-            else if (!strcmp(v, "mmap"))
-                o->mo.io = EXPERTS_IO_MMAP;
-            else {
-                fprintf(stderr, "flashmoe chat: --io takes cache, direct or mmap, got '%s'\n", v);
-                return -1;
-            }
-        } else if (!strcmp(a, "--cache-mb")) {
-            int mb;
-            if (!VALUE() || cli_int(cmd, a, v, 0, 1 << 30, &mb)) return -1;
-            o->mo.cache_bytes = (size_t)mb << 20;
-        } else if (!strcmp(a, "--io-threads")) {
-            o->mo.io_threads_only = 1;
-        } else if (!strcmp(a, "--ctx")) {
-            if (!VALUE() || cli_int(cmd, a, v, 16, 1 << 24, &o->ctx)) return -1;
         } else if (!strcmp(a, "-n")) {
             if (!VALUE() || cli_int(cmd, a, v, 1, 1 << 24, &o->max_tokens)) return -1;
         } else if (!strcmp(a, "--system")) {

@@ -12,58 +12,6 @@
 
 #define DEFAULT_CTX 4096
 
-typedef struct {
-    const char *dir;
-    model_opts mo;
-    int ctx;
-    int timing;
-} engine_args;
-
-/* Options every model-running command takes. Returns 1 if argv[*i] was one, 0 if not, -1 on error. */
-static int engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int *i) {
-    const char *a = argv[*i], *v;
-    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-        if (!(ea->dir = cli_value(cmd, argc, argv, i))) return -1;
-    } else if (!strcmp(a, "--experts-per-token")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1 << 20, &ea->mo.top_k)) return -1;
-    } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1024, &ea->mo.threads)) return -1;
-    } else if (!strcmp(a, "--io")) {
-        if (!(v = cli_value(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "cache")) ea->mo.io = EXPERTS_IO_CACHE;
-        else if (!strcmp(v, "direct")) ea->mo.io = EXPERTS_IO_DIRECT;
-        else if (!strcmp(v, "mmap")) ea->mo.io = EXPERTS_IO_MMAP;
-        else {
-            fprintf(stderr, "flashmoe %s: --io takes cache, direct or mmap, got '%s'\n", cmd, v);
-            return -1;
-        }
-    } else if (!strcmp(a, "--cache-mb")) {
-        int mb;
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 0, 1 << 30, &mb)) return -1;
-        ea->mo.cache_bytes = (size_t)mb << 20;
-    } else if (!strcmp(a, "--io-threads")) {
-        ea->mo.io_threads_only = 1;
-    } else if (!strcmp(a, "--timing")) {
-        ea->timing = 1;
-    } else if (!strcmp(a, "--ctx")) {
-        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1 << 24, &ea->ctx)) return -1;
-    } else {
-        return 0;
-    }
-    return 1;
-}
-
-#define ENGINE_OPTIONS_HELP                                                                   \
-    "  -m, --model DIR            Hugging Face checkpoint directory (config.json + safetensors)\n" \
-    "  --experts-per-token K      experts used per token (default: the model's own)\n"       \
-    "  -t, --threads N            threads (default 1)\n"                                     \
-    "  --ctx N                    context length to allocate (default 4096)\n"              \
-    "  --io cache|direct|mmap     expert reads: page cache (default), O_DIRECT with an in-process\n" \
-    "                             LRU cache of --cache-mb MiB, or mapped (HF checkpoints only)\n"    \
-    "  --cache-mb N               expert cache budget for --io direct (default 0)\n"              \
-    "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
-    "  --timing                   print where each layer's time goes, and the I/O totals\n"
-
 static int engine_open(const char *cmd, engine_args *ea, model **m, state **s, int need_ctx) {
     char err[1024];
     if (!ea->dir) {
@@ -100,7 +48,7 @@ static void run_usage(FILE *f) {
             "  --ignore-eos               keep generating past end-of-sequence ids\n"
             "  --temp T                   temperature; 0 = greedy (default 0)\n"
             "  --top-k K, --top-p P, --min-p P, --repeat-penalty R, --presence-penalty P,\n"
-            "  --frequency-penalty P, --seed S   sampling options\n" ENGINE_OPTIONS_HELP);
+            "  --frequency-penalty P, --seed S   sampling options\n" CLI_ENGINE_HELP);
 }
 
 int cmd_run(int argc, char **argv) {
@@ -112,7 +60,7 @@ int cmd_run(int argc, char **argv) {
     int32_t *prompt = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int r = engine_arg(cmd, &ea, argc, argv, &i);
+        int r = cli_engine_arg(cmd, &ea, argc, argv, &i);
         if (r < 0) goto fail;
         if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -209,7 +157,7 @@ static void logits_usage(FILE *f) {
             "usage: flashmoe logits -m DIR --tokens IDS -o FILE [options]\n"
             "Runs the tokens and writes little-endian float32 logits [n_tokens x vocab], one row per position.\n\n"
             "  --tokens IDS               token ids, e.g. 1,2,3\n"
-            "  -o FILE                    output file\n" ENGINE_OPTIONS_HELP);
+            "  -o FILE                    output file\n" CLI_ENGINE_HELP);
 }
 
 int cmd_logits(int argc, char **argv) {
@@ -219,7 +167,7 @@ int cmd_logits(int argc, char **argv) {
     int n = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int r = engine_arg(cmd, &ea, argc, argv, &i);
+        int r = cli_engine_arg(cmd, &ea, argc, argv, &i);
         if (r < 0) goto fail;
         if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
