@@ -390,6 +390,10 @@ static void uring_queue(expert_io *io, int s) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
     io_uring_prep_read(sqe, c->fd, c->dst + c->done, (unsigned)chunk_ask(io, c), c->off + c->done);
     io_uring_sqe_set_data64(sqe, (uint64_t)s);
+    /* A buffered read of pages not in the cache would otherwise run inside io_uring_submit, holding
+     * the caller there for most of the read (measured: 40-85% of the time); hand it to io_uring's
+     * workers so the caller computes meanwhile. O_DIRECT reads only queue the I/O: kept inline. */
+    if (!c->direct) io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
     c->calls++;
 }
 
