@@ -109,6 +109,30 @@ void state_reset(state *s) {
 
 int state_pos(const state *s) { return s->pos; }
 
+int state_copy(state *dst, const state *src, char *err, size_t errlen) {
+    const model_config *c = &src->m->cfg;
+    if (dst->m != src->m || dst->max_ctx < src->pos) {
+        snprintf(err, errlen, "cannot copy a state of %d positions into one of another model or of context %d",
+                 src->pos, dst->max_ctx);
+        return -1;
+    }
+    size_t kv = (size_t)src->pos * c->n_kv_heads * c->head_dim;
+    size_t key_dim = (size_t)c->lin_k_heads * c->lin_k_dim, value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
+    size_t conv = (size_t)(c->conv_kernel - 1) * (2 * key_dim + value_dim);
+    size_t rec = (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (src->k_cache[l]) {
+            memcpy(dst->k_cache[l], src->k_cache[l], sizeof(float) * kv);
+            memcpy(dst->v_cache[l], src->v_cache[l], sizeof(float) * kv);
+        } else {
+            memcpy(dst->conv_state[l], src->conv_state[l], sizeof(float) * conv);
+            memcpy(dst->rec_state[l], src->rec_state[l], sizeof(float) * rec);
+        }
+    }
+    dst->pos = src->pos;
+    return 0;
+}
+
 /* One token through every layer; logits (if non-NULL) receive its [vocab] scores. */
 static int forward_token(model *m, state *s, int32_t token, float *logits, char *err, size_t errlen) {
     const model_config *c = &m->cfg;

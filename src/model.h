@@ -76,6 +76,9 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen);
 void state_free(state *s);
 void state_reset(state *s);
 int state_pos(const state *s);
+/* dst becomes a copy of src (same model; dst's context must hold src's positions): a conversation can be
+ * saved at a point and resumed from it. Returns 0, or -1 with a message. */
+int state_copy(state *dst, const state *src, char *err, size_t errlen);
 /* --timing: collect per-layer times from now on, and print them with the I/O totals. */
 void state_set_timing(state *s, int on);
 void state_timing_report(const state *s, double wall_seconds, FILE *f);

@@ -150,6 +150,30 @@ static void test_fewer_experts_per_token(void) {
     CHECK(model_load(fixtures[0], &o, err, sizeof err) == NULL && strstr(err, "exceeds"), "%s", err);
 }
 
+/* A copied state continues exactly as the original would. */
+static void test_state_copy(void) {
+    char err[1024];
+    model *m = model_load(fixtures[2], NULL, err, sizeof err);
+    if (!m) return;
+    state *a = state_create(m, 64, err, sizeof err), *b = state_create(m, 64, err, sizeof err);
+    int V = m->cfg.vocab_size;
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    int32_t ids[6] = {3, 14, 15, 92, 65, 35};
+    model_forward(m, a, ids, 4, la, 0, err, sizeof err);
+    CHECK(state_copy(b, a, err, sizeof err) == 0 && state_pos(b) == 4, "%s", err);
+    model_forward(m, a, ids + 4, 2, la, 0, err, sizeof err);
+    model_forward(m, b, ids + 4, 2, lb, 0, err, sizeof err);
+    CHECK(memcmp(la, lb, sizeof(float) * V) == 0, "copied state diverged");
+    state *small = state_create(m, 3, err, sizeof err);
+    CHECK(state_copy(small, a, err, sizeof err) != 0, "copy into a too-small context must fail");
+    state_free(small);
+    free(la);
+    free(lb);
+    state_free(a);
+    state_free(b);
+    model_free(m);
+}
+
 static void test_context_full_and_bad_token(void) {
     char err[1024];
     model *m = model_load(fixtures[0], NULL, err, sizeof err);
@@ -169,5 +193,6 @@ int main(void) {
     RUN_TEST(test_greedy_matches_transformers);
     RUN_TEST(test_fewer_experts_per_token);
     RUN_TEST(test_context_full_and_bad_token);
+    RUN_TEST(test_state_copy);
     TEST_EXIT();
 }
