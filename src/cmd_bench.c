@@ -1,0 +1,355 @@
+/* `flashmoe bench`: prefill and decode speed, and the floor the hardware sets, measured in the same run.
+ *
+ * Per decoded token the engine must move a known number of bytes: from disk, the expert bytes the page
+ * cache or the expert cache did not hold (measured: the block-device bytes this process read, from
+ * /proc/self/io); from memory, every resident matrix a token uses (all layer weights, lm_head) plus the
+ * K experts of every layer. Disk bandwidth (random expert-record reads with O_DIRECT, through the same
+ * I/O engine) and memory bandwidth (a streaming read of a buffer on all threads) are measured in the
+ * same run. The floor is the larger of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can overlap
+ * compute); the achieved fraction is floor / measured time per token. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "expert_io.h"
+#include "model.h"
+#include "packed.h"
+#include "util.h"
+
+/* Bytes of the block device this process has read so far (/proc/self/io read_bytes). */
+static double proc_read_bytes(void) {
+    FILE *f = fopen("/proc/self/io", "r");
+    char line[128];
+    double v = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "read_bytes:", 11)) v = atof(line + 11);
+    if (f) fclose(f);
+    return v;
+}
+
+static size_t qmat_bytes(const qmat *m) {
+    size_t n = (size_t)m->rows * m->cols;
+    if (!m->data) return 0;
+    if (m->type == DTYPE_F32) return 4 * n;
+    if (m->type == DTYPE_F16 || m->type == DTYPE_BF16) return 2 * n;
+    return n * dtype_bits(m->type) / 8 + 4 * n / m->group;
+}
+
+/* Resident bytes one token reads: every layer matrix and the lm_head (the embedding: one row). */
+static double dense_bytes_per_token(const model *m) {
+    double b = (double)qmat_bytes(&m->lm_head);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const layer_weights *w = &m->layers[l];
+        const qmat *ms[] = {&w->q_proj, &w->k_proj, &w->v_proj, &w->o_proj, &w->in_qkv, &w->in_z, &w->in_b,
+                            &w->in_a, &w->out_proj, &w->router, &w->sh_gate, &w->sh_up, &w->sh_down,
+                            &w->sh_expert_gate};
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) b += (double)qmat_bytes(ms[i]);
+    }
+    return b;
+}
+
+typedef struct {
+    const uint64_t *buf;
+    size_t n;
+    uint64_t sums[64];
+} bw_job;
+
+static void bw_task(void *ctx, int t, int n_tasks) {
+    bw_job *j = ctx;
+    size_t per = j->n / (size_t)n_tasks / 4 * 4, a = per * (size_t)t;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0; /* every word read, four independent chains */
+    for (size_t i = a; i < a + per; i += 4) {
+        s0 ^= j->buf[i];
+        s1 ^= j->buf[i + 1];
+        s2 ^= j->buf[i + 2];
+        s3 ^= j->buf[i + 3];
+    }
+    j->sums[t % 64] ^= s0 ^ s1 ^ s2 ^ s3;
+}
+
+/* Streaming read bandwidth of memory over `bytes`, with the model's threads (best of 3). */
+static double measure_mem_bw(pool *p, size_t bytes) {
+    size_t n = bytes / sizeof(uint64_t);
+    uint64_t *buf = malloc(n * sizeof(uint64_t));
+    if (!buf) return 0;
+    for (size_t i = 0; i < n; i++) buf[i] = i * 0x9e3779b97f4a7c15ull;
+    bw_job j = {.buf = buf, .n = n};
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        double t0 = util_now_seconds();
+        pool_run(p, bw_task, &j, pool_size(p));
+        double dt = util_now_seconds() - t0;
+        if (bytes / dt > best) best = bytes / dt;
+    }
+    free(buf);
+    return best;
+}
+
+/* Random expert-record reads with O_DIRECT through the I/O engine, up to `budget` bytes. */
+static double measure_disk_bw(const char *dir, const model *m, size_t budget, char *err, size_t errlen) {
+    if (!packed_is_dir(dir)) return 0;
+    packed_manifest pm;
+    if (packed_manifest_load(&pm, dir, err, errlen)) return -1;
+    size_t rec = pm.layout.record_bytes;
+    int batch = m->top_k;
+    expert_io_config cfg = {.backend = EXPERT_IO_URING, .mode = EXPERT_IO_DIRECT, .max_requests = batch, .quiet = 1};
+    expert_io *io = expert_io_create(&cfg, err, errlen);
+    void *buf = aligned_alloc(4096, rec * (size_t)batch);
+    int *fds = calloc((size_t)pm.n_layers, sizeof(int));
+    double bw = -1;
+    if (!io || !buf || !fds) goto out;
+    for (int l = 0; l < pm.n_layers; l++) {
+        char path[4096];
+        packed_expert_path(path, sizeof path, dir, l);
+        if ((fds[l] = expert_io_open(io, path, err, errlen)) < 0) goto out;
+    }
+    uint64_t x = 88172645463325252ull;
+    size_t done = 0;
+    double t0 = util_now_seconds();
+    while (done < budget) {
+        expert_io_req r[64];
+        for (int i = 0; i < batch && i < 64; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            int l = (int)(x % (uint64_t)pm.n_layers), e = (int)((x >> 20) % (uint64_t)pm.n_experts);
+            r[i].n_pieces = 1;
+            r[i].piece[0] = (expert_io_piece){.fd = fds[l], .offset = PACKED_HEADER_BYTES + (uint64_t)e * rec,
+                                              .length = rec, .dest = (char *)buf + (size_t)i * rec};
+        }
+        if (expert_io_submit(io, r, batch < 64 ? batch : 64, err, errlen) || expert_io_wait_all(io, err, errlen))
+            goto out;
+        done += rec * (size_t)(batch < 64 ? batch : 64);
+    }
+    bw = done / (util_now_seconds() - t0);
+out:
+    expert_io_free(io);
+    free(buf);
+    free(fds);
+    return bw;
+}
+
+/* Moves this process into a fresh cgroup v1 memory cgroup limited to mb MiB (page cache included). */
+static int apply_cap(int mb, char *path, size_t pathlen, char *err, size_t errlen) {
+    snprintf(path, pathlen, "/sys/fs/cgroup/memory/flashmoe-bench-%d", (int)getpid());
+    char f[512];
+    FILE *fp;
+    if (mkdir(path, 0755) && errno != EEXIST) {
+        snprintf(err, errlen, "%s: cannot create the cgroup (needs root and cgroup v1 memory): %s", path,
+                 strerror(errno));
+        return -1;
+    }
+    snprintf(f, sizeof f, "%s/memory.limit_in_bytes", path);
+    if (!(fp = fopen(f, "w")) || fprintf(fp, "%lld\n", (long long)mb << 20) < 0 || fclose(fp)) {
+        snprintf(err, errlen, "%s: cannot set the limit", f);
+        return -1;
+    }
+    snprintf(f, sizeof f, "%s/cgroup.procs", path);
+    if (!(fp = fopen(f, "w")) || fprintf(fp, "%d\n", (int)getpid()) < 0 || fclose(fp)) {
+        snprintf(err, errlen, "%s: cannot join the cgroup", f);
+        return -1;
+    }
+    return 0;
+}
+
+static void release_cap(const char *path, double *peak) {
+    char f[512], line[64];
+    snprintf(f, sizeof f, "%s/memory.max_usage_in_bytes", path);
+    FILE *fp = fopen(f, "r");
+    if (fp && fgets(line, sizeof line, fp)) *peak = atof(line);
+    if (fp) fclose(fp);
+    fp = fopen("/sys/fs/cgroup/memory/cgroup.procs", "w");
+    if (fp) {
+        fprintf(fp, "%d\n", (int)getpid());
+        fclose(fp);
+    }
+    rmdir(path);
+}
+
+static void mean_sd(const double *v, int n, double *mean, double *sd) {
+    double s = 0, ss = 0;
+    for (int i = 0; i < n; i++) s += v[i];
+    *mean = s / n;
+    for (int i = 0; i < n; i++) ss += (v[i] - *mean) * (v[i] - *mean);
+    *sd = n > 1 ? sqrt(ss / (n - 1)) : 0;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: flashmoe bench -m DIR [-p 512] [-n 128] [-r 5] [--cap-mb N] [--cold] [--json] [options]\n"
+            "Measures prefill (p prompt tokens) and decode (n tokens) speed over r repetitions, with the floor\n"
+            "set by the disk and memory bandwidth measured in the same run.\n\n"
+            "  -p N          prompt tokens (default 512)\n"
+            "  -n N          decoded tokens (default 128)\n"
+            "  -r N          repetitions (default 5)\n"
+            "  --cap-mb N    run under a cgroup memory cap of N MiB, page cache included (root, cgroup v1)\n"
+            "  --cold        drop the page cache before each repetition (root)\n"
+            "  --json        one JSON object on stdout\n" CLI_ENGINE_HELP);
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *cmd = "bench", *v;
+    engine_args ea = {0};
+    int n_prompt = 512, n_gen = 128, reps = 5, cap_mb = 0, json = 0, cold = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int r = cli_engine_arg(cmd, &ea, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "-p")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1 << 20, &n_prompt)) return 2;
+        } else if (!strcmp(a, "-n")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1 << 20, &n_gen)) return 2;
+        } else if (!strcmp(a, "-r")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 1, 1000, &reps)) return 2;
+        } else if (!strcmp(a, "--cap-mb")) {
+            if (!(v = cli_value(cmd, argc, argv, &i)) || cli_int(cmd, a, v, 16, 1 << 30, &cap_mb)) return 2;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!strcmp(a, "--cold")) {
+            cold = 1;
+        } else {
+            fprintf(stderr, "flashmoe bench: unknown option '%s' (see flashmoe bench --help)\n", a);
+            return 2;
+        }
+    }
+    if (!ea.dir) {
+        fprintf(stderr, "flashmoe bench: -m DIR is required\n");
+        return 2;
+    }
+    char err[8192], cg[256] = "";
+    double peak = -1;
+    pool *bw_pool = pool_create(ea.mo.threads > 1 ? ea.mo.threads : 1);
+    double mem_bw = measure_mem_bw(bw_pool, (size_t)256 << 20);
+    pool_free(bw_pool);
+    if (cap_mb && apply_cap(cap_mb, cg, sizeof cg, err, sizeof err)) {
+        fprintf(stderr, "flashmoe bench: %s\n", err);
+        return 1;
+    }
+    int rc = 1;
+    model *m = model_load(ea.dir, &ea.mo, err, sizeof err);
+    state *s = m ? state_create(m, n_prompt + n_gen + 1, err, sizeof err) : NULL;
+    float *logits = m ? malloc(sizeof(float) * (size_t)m->cfg.vocab_size) : NULL;
+    int32_t *prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
+    double *pre = calloc((size_t)reps, sizeof(double)), *dec = calloc((size_t)reps, sizeof(double));
+    double disk_bytes = 0, expert_bytes = 0, disk_bw = 0;
+    if (!s || !logits || !prompt || !pre || !dec) {
+        fprintf(stderr, "flashmoe bench: %s\n", s ? "out of memory" : err);
+        goto out;
+    }
+    disk_bw = measure_disk_bw(ea.dir, m, (size_t)512 << 20, err, sizeof err);
+    if (disk_bw < 0) {
+        fprintf(stderr, "flashmoe bench: %s\n", err);
+        goto out;
+    }
+    uint64_t x = 12345;
+    for (int i = 0; i < n_prompt; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        prompt[i] = (int32_t)(x % (uint64_t)m->cfg.vocab_size);
+    }
+    experts_stats st0, st1;
+    for (int r = 0; r < reps; r++) {
+        if (cold) {
+            sync();
+            FILE *dc = fopen("/proc/sys/vm/drop_caches", "w");
+            if (dc) {
+                fputs("3\n", dc);
+                fclose(dc);
+            }
+        }
+        state_reset(s);
+        double t0 = util_now_seconds();
+        if (model_forward(m, s, prompt, n_prompt, logits, 0, err, sizeof err)) goto fail;
+        double t1 = util_now_seconds(), io0 = proc_read_bytes();
+        experts_stats_get(m->experts, &st0);
+        for (int t = 0; t < n_gen; t++) {
+            int32_t best = 0;
+            for (int k = 1; k < m->cfg.vocab_size; k++)
+                if (logits[k] > logits[best]) best = k;
+            if (model_forward(m, s, &best, 1, logits, 0, err, sizeof err)) goto fail;
+        }
+        double t2 = util_now_seconds();
+        experts_stats_get(m->experts, &st1);
+        pre[r] = n_prompt / (t1 - t0);
+        dec[r] = n_gen / (t2 - t1);
+        disk_bytes += (proc_read_bytes() - io0) / n_gen / reps;
+        expert_bytes += (double)(st1.bytes_read - st0.bytes_read) / n_gen / reps;
+        if (!json) fprintf(stderr, "bench: rep %d/%d: prefill %.2f tok/s, decode %.2f tok/s\n", r + 1, reps, pre[r], dec[r]);
+    }
+    double pm, psd, dm, dsd;
+    mean_sd(pre, reps, &pm, &psd);
+    mean_sd(dec, reps, &dm, &dsd);
+    experts_stats st;
+    experts_stats_get(m->experts, &st);
+    size_t rec = 0;
+    packed_manifest man;
+    if (packed_is_dir(ea.dir) && packed_manifest_load(&man, ea.dir, err, sizeof err) == 0) rec = man.layout.record_bytes;
+    double mem_bytes = dense_bytes_per_token(m) + (double)m->top_k * m->cfg.n_layers * (double)rec;
+    double t_disk = disk_bw > 0 ? disk_bytes / disk_bw : 0, t_mem = mem_bw > 0 ? mem_bytes / mem_bw : 0;
+    double floor_s = t_disk > t_mem ? t_disk : t_mem, frac = floor_s * dm;
+    uint64_t asked = st.hits + st.misses;
+    double hit = asked ? (double)st.hits / asked : 0;
+    if (cg[0]) release_cap(cg, &peak);
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", ea.dir);
+        cJSON_AddNumberToObject(o, "threads", ea.mo.threads ? ea.mo.threads : 1);
+        cJSON_AddStringToObject(o, "io", st.mode);
+        cJSON_AddNumberToObject(o, "cap_mb", cap_mb);
+        cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
+        cJSON_AddNumberToObject(o, "gen_tokens", n_gen);
+        cJSON_AddNumberToObject(o, "reps", reps);
+        cJSON_AddNumberToObject(o, "prefill_tok_s", pm);
+        cJSON_AddNumberToObject(o, "prefill_tok_s_sd", psd);
+        cJSON_AddNumberToObject(o, "decode_tok_s", dm);
+        cJSON_AddNumberToObject(o, "decode_tok_s_sd", dsd);
+        cJSON_AddNumberToObject(o, "disk_bytes_per_token", disk_bytes);
+        cJSON_AddNumberToObject(o, "expert_bytes_read_per_token", expert_bytes);
+        cJSON_AddNumberToObject(o, "mem_bytes_per_token", mem_bytes);
+        cJSON_AddNumberToObject(o, "disk_bw", disk_bw);
+        cJSON_AddNumberToObject(o, "mem_bw", mem_bw);
+        cJSON_AddNumberToObject(o, "floor_decode_tok_s", floor_s > 0 ? 1 / floor_s : 0);
+        cJSON_AddNumberToObject(o, "fraction_of_floor", frac);
+        cJSON_AddNumberToObject(o, "cache_hit_rate", hit);
+        cJSON_AddNumberToObject(o, "peak_cgroup_bytes", peak);
+        char *text = cJSON_PrintUnformatted(o);
+        printf("%s\n", text);
+        free(text);
+        cJSON_Delete(o);
+    } else {
+        printf("model %s, threads %d, --io %s%s%s\n", ea.dir, ea.mo.threads ? ea.mo.threads : 1, st.mode,
+               cap_mb ? ", cap " : "", cap_mb ? "on" : "");
+        printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (token by token)\n", n_prompt, pm, psd);
+        printf("decode   %6d tokens: %8.2f ± %.2f tok/s\n", n_gen, dm, dsd);
+        printf("per token: %.1f MB from disk (block reads; %.1f MB of experts read), %.1f MB from memory\n",
+               disk_bytes / 1e6, expert_bytes / 1e6, mem_bytes / 1e6);
+        printf("measured: disk %.2f GB/s (random O_DIRECT expert records), memory %.2f GB/s (%d threads)\n",
+               disk_bw / 1e9, mem_bw / 1e9, ea.mo.threads ? ea.mo.threads : 1);
+        printf("floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
+               floor_s > 0 ? 1 / floor_s : 0, 1e3 * t_disk, 1e3 * t_mem, 100 * frac);
+        printf("expert cache hit rate %.1f%%%s", 100 * hit, cap_mb ? "" : "\n");
+        if (cap_mb) printf(", peak memory %.0f MiB of the %d MiB cap\n", peak / 1048576, cap_mb);
+    }
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "flashmoe bench: %s\n", err);
+out:
+    if (cg[0]) release_cap(cg, &peak);
+    free(pre);
+    free(dec);
+    free(prompt);
+    free(logits);
+    state_free(s);
+    model_free(m);
+    return rc;
+}
