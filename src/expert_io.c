@@ -442,8 +442,27 @@ static int uring_reap(expert_io *io) {
     return (int)n;
 }
 
-/* Issues new chunks, hands the queued reads to the kernel, and with wait (and reads in flight)
- * blocks until at least one completes; then processes completions and tops the queue up again. */
+/* Hands the queued reads to the kernel; with wait, also blocks until one read completes. Returns 0,
+ * or -1 when io_uring failed beyond recovery: the batch fails and the engine takes no new batches. */
+static int uring_submit(expert_io *io, int wait) {
+    for (;;) {
+        int ret = wait ? io_uring_submit_and_wait(&io->ring, 1) : io_uring_submit(&io->ring);
+        if (ret >= 0 || ret == -EINTR) return 0;
+        if (ret == -EAGAIN || ret == -EBUSY) { /* out of resources: make room, then retry */
+            if (uring_reap(io) == 0) nanosleep(&(struct timespec){0, 100000}, NULL);
+            continue;
+        }
+        /* cannot happen with valid arguments; reads already in the kernel still complete */
+        if (!io->failed) snprintf(io->fail_msg, sizeof io->fail_msg, "io_uring_submit: %s", strerror(-ret));
+        io->failed = 1;
+        io->ring_dead = 1;
+        io->inflight -= (int)io_uring_sq_ready(&io->ring); /* queued, never to be read */
+        return -1;
+    }
+}
+
+/* Keeps the ring full: issues new chunks, submits, and processes completions until none is ready.
+ * With wait (and reads in flight), first blocks until at least one read completes. */
 static void uring_pump(expert_io *io, int wait) {
     if (io->ring_dead) { /* only collect the reads the kernel already has */
         struct io_uring_cqe *cqe;
@@ -451,26 +470,11 @@ static void uring_pump(expert_io *io, int wait) {
         uring_reap(io);
         return;
     }
-    for (int round = 0; round < 2; round++) {
+    do {
         uring_issue(io);
-        for (;;) {
-            int block = wait && round == 0 && io->inflight > 0;
-            int ret = block ? io_uring_submit_and_wait(&io->ring, 1) : io_uring_submit(&io->ring);
-            if (ret >= 0 || ret == -EINTR) break;
-            if (ret == -EAGAIN || ret == -EBUSY) { /* out of resources: make room, then retry */
-                if (uring_reap(io) == 0) nanosleep(&(struct timespec){0, 100000}, NULL);
-                continue;
-            }
-            /* cannot happen with valid arguments; reads already in the kernel still complete */
-            if (!io->failed)
-                snprintf(io->fail_msg, sizeof io->fail_msg, "io_uring_submit: %s", strerror(-ret));
-            io->failed = 1;
-            io->ring_dead = 1;
-            io->inflight -= (int)io_uring_sq_ready(&io->ring); /* queued, never to be read */
-            return;
-        }
-        if (uring_reap(io) == 0) break;
-    }
+        if (uring_submit(io, wait && io->inflight > 0) < 0) return;
+        wait = 0;
+    } while (uring_reap(io) > 0);
 }
 
 /* ---- create / free ---- */

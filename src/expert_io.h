@@ -33,7 +33,8 @@
  * In the packed expert file every record is 4 KiB-aligned, so its span is the record itself.
  *
  * Memory: everything is allocated by expert_io_create (and a name per file at open/register);
- * submitting and waiting allocate nothing. One batch is in flight at a time.
+ * submitting and waiting allocate nothing. One batch is in flight at a time, and one thread at a
+ * time submits and waits (the reader threads are the engine's own).
  *
  * Test hook: FLASHMOE_IO_FAIL_AFTER=N in the environment at creation (or config.fail_after) makes the
  * N-th request submitted to this engine (counting from 1) fail with EIO instead of being read. */
