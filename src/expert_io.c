@@ -248,10 +248,17 @@ int expert_io_layout(const expert_io *io, expert_io_req *req, void *base, size_t
 /* ---- destination memory ---- */
 
 void *expert_io_buffer_alloc(size_t bytes) {
-    size_t huge = (size_t)2 << 20;
+    size_t huge = (size_t)2 << 20, size = (size_t)round_up(bytes, huge);
     void *p = NULL;
-    if (!bytes || posix_memalign(&p, huge, (size_t)round_up(bytes, huge))) return NULL;
-    madvise(p, (size_t)round_up(bytes, huge), MADV_HUGEPAGE); /* advice: fails harmlessly without THP */
+    if (!bytes || posix_memalign(&p, huge, size)) return NULL;
+    madvise(p, size, MADV_HUGEPAGE); /* advice: fails harmlessly without THP */
+    /* Fault every page in now: a read into untouched memory pays for allocating and zeroing it
+     * inside the submit call (measured: a 288 MiB cache filling for the first time read at
+     * 0.7 GB/s instead of 1.5). The memory is committed here, once, like everything else. */
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(p, size, MADV_POPULATE_WRITE) == 0) return p;
+#endif
+    for (size_t i = 0; i < size; i += 4096) ((volatile char *)p)[i] = 0;
     return p;
 }
 

@@ -118,7 +118,8 @@ int expert_io_layout(const expert_io *io, expert_io_req *req, void *base, size_t
  * transparent huge pages. Use it for O_DIRECT: the pages of a huge page are physically contiguous,
  * so a 4 MiB read is a few large segments for the block device instead of 1024 small ones (measured
  * on the virtio disk: 0.6 GB/s with 4 KiB pages, 1.5-2.7 GB/s with huge pages; see bench/io.sh).
- * NULL if out of memory. Free with expert_io_buffer_free. */
+ * Every page is faulted in before it returns (reads into fresh memory are slow), so the memory
+ * counts as used from the start. NULL if out of memory. Free with expert_io_buffer_free. */
 void *expert_io_buffer_alloc(size_t bytes);
 void expert_io_buffer_free(void *p);
 
