@@ -960,7 +960,8 @@ static int model_load(tokenizer *tok, const cJSON *root, char *msg) {
     if (unk && tok->unk_id < 0) return fail(msg, "model.unk_token '%s' is not in the vocab", unk);
 
     if (cJSON_IsArray(added) && added_load(tok, added, msg)) return -1;
-    while (tok->n_ids > 1 && tok->piece_off[tok->n_ids - 1] == UINT32_MAX) tok->n_ids--; /* an added id taken by the vocab */
+    while (tok->n_ids > 1 && tok->piece_off[tok->n_ids - 1] == UINT32_MAX)
+        tok->n_ids--; /* the file's id of an added token that kept its vocab id */
     if (added_normalize(tok, msg)) return -1;
     if (added_set_build(tok, &tok->raw_set, false, msg) || added_set_build(tok, &tok->norm_set, true, msg))
         return -1;

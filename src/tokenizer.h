@@ -63,7 +63,8 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n, char **
 /* Id of a piece as written in the vocabulary or added tokens ("Ġthe", "<|im_end|>"), or -1. */
 int32_t tokenizer_token_id(const tokenizer *tok, const char *piece);
 
-/* One past the largest id (model vocabulary and added tokens). */
+/* One past the largest assigned id (model vocabulary and added tokens); ids below it may still be
+ * unassigned (tokenizer_piece gives NULL for those). */
 int tokenizer_vocab_size(const tokenizer *tok);
 
 /* The piece of an id as stored in the file, or NULL if the id is out of range or unassigned. */
@@ -82,7 +83,7 @@ tokdec_stream *tokdec_stream_new(const tokenizer *tok);
 void tokdec_stream_free(tokdec_stream *s);
 
 /* Returns the text completed by id (*len bytes, NUL-terminated, possibly empty), valid until the
- * next call on s; NULL if id has no piece or memory runs out (the stream is then unchanged). */
+ * next call on s; NULL if id has no piece (the stream is then unchanged) or memory runs out. */
 const char *tokdec_stream_push(tokdec_stream *s, int32_t id, size_t *len);
 
 /* Returns the held-back bytes as U+FFFD (one per invalid sequence) and resets s for a new text. */
