@@ -3,7 +3,7 @@
 // port of the transformers.js tokenizers), in the format tools/make_tokenizer_refs.py writes with
 // Hugging Face `tokenizers`; tests/test_tokenizer.c compares src/tokenizer.c against the result.
 //
-//   npm install --prefix build/node @lenml/tokenizers
+//   npm install --prefix build/node @lenml/tokenizers@3.7.2   (LENML_PREFIX=DIR to use another)
 //   node tools/make_tokenizer_refs.mjs build/qwen3-tokenizer/tokenizer.json \
 //        tests/data/tokenizer/corpus.txt tests/data/tokenizer/invalid_utf8.bin \
 //        > tests/data/tokenizer/qwen3_refs.txt
