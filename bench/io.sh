@@ -61,6 +61,7 @@ for r in $(seq 1 "$rounds"); do
     engine "engine direct threads" --mode direct --backend threads
     engine "engine direct io_uring, 4 KiB-page buffers" --mode direct --backend uring --small-pages 1
     engine "engine direct io_uring via expert_cache (budget 0)" --mode direct --backend uring --budget 0
+    engine "engine direct io_uring via expert_cache (budget 256 MiB)" --mode direct --backend uring --budget 256
     fio_run "fio buffered io_uring iodepth 8" 0 8
     engine "engine cached io_uring" --mode cached --backend uring
     engine "engine cached threads" --mode cached --backend threads
