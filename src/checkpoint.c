@@ -72,6 +72,10 @@ out:
 }
 
 int ckpt_open(checkpoint *ck, const char *dir, char *err, size_t errlen) {
+    return ckpt_open_flags(ck, dir, 0, err, errlen);
+}
+
+int ckpt_open_flags(checkpoint *ck, const char *dir, int flags, char *err, size_t errlen) {
     memset(ck, 0, sizeof *ck);
     ck->dir = strdup(dir);
     if (!ck->dir) {
@@ -94,7 +98,14 @@ int ckpt_open(checkpoint *ck, const char *dir, char *err, size_t errlen) {
         ck->prefix = "model.language_model.";
     else if (ckpt_find(ck, "model.embed_tokens.weight", NULL))
         ck->prefix = "model.";
-    else {
+    else if (ckpt_find(ck, "language_model.model.embed_tokens.weight", NULL)) {
+        if (!(flags & CKPT_MLX_NAMES)) {
+            snprintf(err, errlen, "%s: an MLX checkpoint (language_model.model.* tensors): convert it first with "
+                     "flashmoe convert", dir);
+            goto bad;
+        }
+        ck->prefix = "language_model.model.";
+    } else {
         snprintf(err, errlen, "%s: no embedding tensor (model.language_model.embed_tokens.weight or "
                  "model.embed_tokens.weight)", dir);
         goto bad;

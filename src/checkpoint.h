@@ -10,10 +10,18 @@ typedef struct {
     char *dir;
     st_file *files;
     int n_files;
-    const char *prefix; /* "model.language_model." (multimodal wrapper) or "model." */
+    const char *prefix; /* "model.language_model." (multimodal wrapper) or "model."; with CKPT_MLX_NAMES
+                         * also "language_model.model." (mlx-lm / mlx-vlm) */
 } checkpoint;
 
+enum {
+    CKPT_MLX_NAMES = 1, /* accept mlx-lm's tensor names (language_model.model.*): for the converter only */
+};
+
+/* Opens an HF checkpoint for the engine. A checkpoint with mlx-lm's names is refused with a message
+ * that says to convert it first (its norms, conv kernels and experts are laid out differently). */
 int ckpt_open(checkpoint *ck, const char *dir, char *err, size_t errlen);
+int ckpt_open_flags(checkpoint *ck, const char *dir, int flags, char *err, size_t errlen);
 void ckpt_close(checkpoint *ck);
 
 /* Finds NAME in any shard; NULL if absent. *file (optional) receives the shard. */

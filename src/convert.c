@@ -1,4 +1,5 @@
-/* flashmoe convert: HF checkpoint (F32/BF16/F16, per-expert or fused experts) -> packed directory. */
+/* flashmoe convert: HF checkpoint (F32/BF16/F16, per-expert or fused experts) -> packed directory.
+ * mlx-community (MLX quantized) checkpoints are detected here and converted by convert_mlx.c. */
 #include "convert.h"
 
 #include <dirent.h>
@@ -11,6 +12,7 @@
 
 #include "checkpoint.h"
 #include "config.h"
+#include "convert_mlx.h"
 #include "experts.h"
 #include "kernels.h"
 #include "packed_writer.h"
@@ -68,11 +70,11 @@ typedef struct {
     char out_name[300];
 } resident_plan;
 
-static dtype plan_dtype(const st_tensor *t, const char *name, dtype dense, int group, int *kept_bf16) {
-    if (t->ndim != 2 || t->shape[0] < 2) return t->ndim == 2 ? DTYPE_BF16 : DTYPE_F32;
+dtype convert_plan_dtype(int ndim, const int64_t *shape, const char *name, dtype dense, int group, int *kept_bf16) {
+    if (ndim != 2 || shape[0] < 2) return ndim == 2 ? DTYPE_BF16 : DTYPE_F32;
     dtype want = dense;
     if (strstr(name, "mlp.gate.weight") && dense != DTYPE_BF16) want = DTYPE_Q8; /* routers keep 8 bits */
-    if (want != DTYPE_BF16 && t->shape[1] % group) {
+    if (want != DTYPE_BF16 && shape[1] % group) {
         *kept_bf16 = 1;
         return DTYPE_BF16;
     }
@@ -105,7 +107,7 @@ static int write_resident(const checkpoint *ck, const convert_opts *o, char *err
             resident_plan *p = &plan[np++];
             int kept = 0;
             p->t = t;
-            p->store = plan_dtype(t, t->name, o->dense, o->group, &kept);
+            p->store = convert_plan_dtype(t->ndim, t->shape, t->name, o->dense, o->group, &kept);
             if (kept && !o->quiet)
                 fprintf(stderr, "convert: %s: %lld columns do not divide into groups of %d: kept in bf16\n",
                         t->name, (long long)t->shape[1], o->group);
@@ -181,7 +183,7 @@ out:
     return rc;
 }
 
-static void progress(const convert_opts *o, int layer, int n_layers, double t0, double bytes) {
+void convert_progress(const convert_opts *o, int layer, int n_layers, double t0, double bytes) {
     if (o->quiet) return;
     double dt = util_now_seconds() - t0, frac = (double)layer / n_layers;
     double eta = frac > 0 ? dt * (1 - frac) / frac : 0;
@@ -207,7 +209,7 @@ static int write_experts(const checkpoint *ck, const model_config *c, const conv
     if (experts_table_build(table, ck, c, err, errlen)) goto out;
     double t0 = util_now_seconds(), bytes = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        progress(o, l, c->n_layers, t0, bytes);
+        convert_progress(o, l, c->n_layers, t0, bytes);
         expert_file_writer w;
         if (expert_file_open(&w, o->out, l, c->n_experts, lo, err, errlen)) goto out;
         for (int e = 0; e < c->n_experts; e++) {
@@ -227,7 +229,7 @@ static int write_experts(const checkpoint *ck, const model_config *c, const conv
         }
         if (expert_file_close(&w, err, errlen)) goto out;
     }
-    progress(o, c->n_layers, c->n_layers, t0, bytes);
+    convert_progress(o, c->n_layers, c->n_layers, t0, bytes);
     rc = 0;
 out:
     free(table);
@@ -244,11 +246,11 @@ int convert_run(const convert_opts *o, char *err, size_t errlen) {
         return -1;
     }
     if (config_load(&c, o->src, err, errlen)) return -1;
-    if (ckpt_open(&ck, o->src, err, errlen)) {
+    if (ckpt_open_flags(&ck, o->src, CKPT_MLX_NAMES, err, errlen)) {
         config_free(&c);
         return -1;
     }
-    int rc = -1;
+    int rc = -1, mlx = convert_mlx_detect(o->src, &ck);
     packed_layout lo;
     dtype et = o->experts;
     if (packed_layout_make(&lo, et, o->group, c.hidden_size, c.expert_inter)) {
@@ -270,8 +272,9 @@ int convert_run(const convert_opts *o, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: cannot create: %s", o->out, strerror(errno));
         goto out;
     }
-    if (copy_side_files(o->src, o->out, err, errlen) || write_resident(&ck, o, err, errlen) ||
-        write_experts(&ck, &c, o, &lo, err, errlen))
+    if (copy_side_files(o->src, o->out, err, errlen)) goto out;
+    if (mlx ? convert_mlx_write(&ck, &c, o, &lo, err, errlen)
+            : write_resident(&ck, o, err, errlen) || write_experts(&ck, &c, o, &lo, err, errlen))
         goto out;
     char dense[8];
     snprintf(dense, sizeof dense, "%s", packed_dtype_name(o->dense));
