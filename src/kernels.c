@@ -278,15 +278,17 @@ typedef struct {
 /* Rows [r0, r1) of one column chunk against nb prepared x vectors. */
 static void rows_compute(const kernel_ops *ops, const qmat *w, int c0, int c1, const kernel_xview *xv, int nb,
                          int r0, int r1, int rbase, rows_out out) {
-    kernel_row_fn row = ops->row[w->type];
-    for (int r = r0; r < r1; r++) {
-        float d[KERNEL_NB];
-        row(w, r, c0, c1, xv, nb, d);
-        for (int j = 0; j < nb; j++) {
-            float *yp = out.y + j * out.ldy + (r - rbase);
-            if (out.accumulate) *yp += out.weight * d[j];
-            else *yp = c0 == 0 ? d[j] : *yp + d[j];
-        }
+    kernel_rows_fn rows = ops->rows[w->type];
+    float d[KERNEL_ROWS_MAX * KERNEL_NB];
+    for (int rb = r0; rb < r1; rb += KERNEL_ROWS_MAX) {
+        int re = r1 - rb < KERNEL_ROWS_MAX ? r1 : rb + KERNEL_ROWS_MAX;
+        rows(w, rb, re, c0, c1, xv, nb, d);
+        for (int r = rb; r < re; r++)
+            for (int j = 0; j < nb; j++) {
+                float *yp = out.y + j * out.ldy + (r - rbase), v = d[(r - rb) * nb + j];
+                if (out.accumulate) *yp += out.weight * v;
+                else *yp = c0 == 0 ? v : *yp + v;
+            }
     }
 }
 
@@ -358,11 +360,12 @@ void kernel_swiglu_gate_up(float *h, const qmat *gate, const qmat *up, const flo
         xview_prepare(ops, gate, x, 0, gate->cols, &s, 0, 2, &xg);
         if (same) xu = xg;
         else xview_prepare(ops, up, x, 0, up->cols, &s, 1, 2, &xu);
-        for (int r = r0; r < r1; r++) {
-            float g, u;
-            ops->row[gate->type](gate, r, 0, gate->cols, &xg, 1, &g);
-            ops->row[up->type](up, r, 0, up->cols, &xu, 1, &u);
-            h[r] = silu(g) * u;
+        for (int rb = r0; rb < r1; rb += KERNEL_ROWS_MAX) {
+            int re = r1 - rb < KERNEL_ROWS_MAX ? r1 : rb + KERNEL_ROWS_MAX;
+            float g[KERNEL_ROWS_MAX], u[KERNEL_ROWS_MAX];
+            ops->rows[gate->type](gate, rb, re, 0, gate->cols, &xg, 1, g);
+            ops->rows[up->type](up, rb, re, 0, up->cols, &xu, 1, u);
+            for (int r = rb; r < re; r++) h[r] = silu(g[r - rb]) * u[r - rb];
         }
         return;
     }

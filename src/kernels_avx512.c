@@ -9,11 +9,17 @@
 
 #define AI static inline __attribute__((always_inline))
 #define LANES 16
+/* Loops over the x vectors, fully unrolled so the accumulators live in registers. */
+#define FOR_J _Pragma("GCC unroll 4") for (int j = 0; j < NB; j++)
 /* With one x vector, alternate two accumulators to hide FMA latency; with more, the x vectors
  * already give independent chains (and registers are better spent on them). */
 #define ALT (NB == 1)
 
 AI __mmask16 mask16(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+AI void prefetch(const void *p) {
+    if (KERNEL_PREFETCH) _mm_prefetch((const char *)p + KERNEL_PREFETCH, _MM_HINT_T0);
+}
 
 /* ---- float weights: F32, F16, BF16 in natural order ---------------------------------------- */
 
@@ -25,27 +31,31 @@ AI __m512 load_w16(dtype t, const void *row, int i, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* BF16 */
 }
 
-AI void float_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, float *out, dtype t,
-                  const int NB) {
+AI void float_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, float *out, dtype t,
+                   const int NB) {
     size_t esize = t == DTYPE_F32 ? 4 : 2;
-    const char *row = (const char *)w->data + ((size_t)r * w->cols + c0) * esize;
-    int n = c1 - c0, c = 0;
-    __m512 acc[KERNEL_NB][2];
-    for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-    for (; c + 32 <= n; c += 32) {
-        __m512 w0 = load_w16(t, row, c, 0xffff), w1 = load_w16(t, row, c + 16, 0xffff);
-        for (int j = 0; j < NB; j++) {
-            acc[j][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xv[j].x + c), acc[j][0]);
-            acc[j][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xv[j].x + c + 16), acc[j][1]);
+    int n = c1 - c0;
+    for (int r = r0; r < r1; r++) {
+        const char *row = (const char *)w->data + ((size_t)r * w->cols + c0) * esize;
+        __m512 acc[KERNEL_NB][2];
+        FOR_J acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+        int c = 0;
+        for (; c + 32 <= n; c += 32) {
+            prefetch(row + c * esize);
+            if (esize == 4) prefetch(row + c * esize + 64);
+            __m512 w0 = load_w16(t, row, c, 0xffff), w1 = load_w16(t, row, c + 16, 0xffff);
+            FOR_J {
+                acc[j][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xv[j].x + c), acc[j][0]);
+                acc[j][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xv[j].x + c + 16), acc[j][1]);
+            }
         }
+        for (; c < n; c += 16) {
+            __mmask16 m = mask16(n - c);
+            __m512 w0 = load_w16(t, row, c, m);
+            FOR_J acc[j][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, xv[j].x + c), acc[j][0]);
+        }
+        FOR_J out[(r - r0) * NB + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
     }
-    for (; c < n; c += 16) {
-        __mmask16 m = mask16(n - c);
-        __m512 w0 = load_w16(t, row, c, m);
-        for (int j = 0; j < NB; j++)
-            acc[j][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, xv[j].x + c), acc[j][0]);
-    }
-    for (int j = 0; j < NB; j++) out[j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
 }
 
 /* ---- quantized weights ----------------------------------------------------------------------- */
@@ -55,28 +65,21 @@ AI void float_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, 
 AI void row_scales(const qmat *w, size_t g0, int ng, const kernel_xview *xv, float *sf, float *bdot,
                    const int NB) {
     __m512 bacc[KERNEL_NB];
-    for (int j = 0; j < NB; j++) bacc[j] = _mm512_setzero_ps();
+    FOR_J bacc[j] = _mm512_setzero_ps();
     for (int g = 0; g < ng; g += 16) {
         __mmask16 m = mask16(ng - g);
         __m512i s = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w->scales + g0 + g));
         __m512i b = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w->biases + g0 + g));
         _mm512_storeu_ps(sf + g, _mm512_castsi512_ps(_mm512_slli_epi32(s, 16)));
         __m512 bf = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
-        for (int j = 0; j < NB; j++) bacc[j] = _mm512_fmadd_ps(bf, _mm512_maskz_loadu_ps(m, xv[j].xsum + g), bacc[j]);
+        FOR_J bacc[j] = _mm512_fmadd_ps(bf, _mm512_maskz_loadu_ps(m, xv[j].xsum + g), bacc[j]);
     }
     _mm512_storeu_ps(sf + ng, _mm512_setzero_ps());
-    for (int j = 0; j < NB; j++) bdot[j] = _mm512_reduce_add_ps(bacc[j]);
+    FOR_J bdot[j] = _mm512_reduce_add_ps(bacc[j]);
 }
 
-/* Lane i of a block holds `pack` consecutive values; its group, relative to the block's first. */
-AI __m512i lane_group_index(int pack, int group) {
-    int idx[LANES];
-    for (int i = 0; i < LANES; i++) idx[i] = i * pack / group;
-    return _mm512_loadu_si512(idx);
-}
-
-/* One block of packed values: lane i gets 32 bits holding `pack` values LSB first. Loads only the
- * first `lanes` lanes' bytes, so it never reads past the row. */
+/* One block of packed values: lane i gets 32 bits holding `pack` values LSB first. A partial block
+ * (lanes < 16) loads only its own bytes, so it never reads past the row. */
 AI __m512i load_packed(const uint8_t *p, int lanes, const int bits) {
     if (bits == 3) { /* 8 values in 3 bytes; spread the 48 bytes to 16 dwords of 24 bits */
         __mmask64 m = lanes >= 16 ? (__mmask64)0xffffffffffffull : (((__mmask64)1 << (3 * lanes)) - 1);
@@ -86,71 +89,88 @@ AI __m512i load_packed(const uint8_t *p, int lanes, const int bits) {
             _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
         return _mm512_shuffle_epi8(v, spread);
     }
+    if (lanes >= 16) return _mm512_loadu_si512(p);
     return _mm512_maskz_loadu_epi32(mask16(lanes), p);
+}
+
+/* One block at value e of the chunk: tot[j] += s_lane * sum_k q_k * xp_j[e + 16 k]. */
+AI void packed_block(const uint8_t *wb, int e, int lanes, const float *sf, int gshift, __m512i gidx,
+                     __m512 table, const kernel_xview *xv, __m512 *tot, const int bits, const int NB) {
+    const int pack = quant_pack(bits);
+    const uint8_t *p = wb + (size_t)e * bits / 8;
+    prefetch(p);
+    __m512i wv = load_packed(p, lanes, bits);
+    __m512 s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sf + (e >> gshift)));
+    __m512 acc[KERNEL_NB][2];
+    FOR_J acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int k = 0; k < pack; k++) {
+        __m512 q = _mm512_permutexvar_ps(_mm512_srli_epi32(wv, k * bits), table);
+        FOR_J acc[j][k & ALT] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xv[j].x + e + k * LANES), acc[j][k & ALT]);
+    }
+    FOR_J tot[j] = _mm512_fmadd_ps(s, _mm512_add_ps(acc[j][0], acc[j][1]), tot[j]);
 }
 
 /* Q2, Q3, Q4: values unpacked by shift + permute (vpermps reads the low 4 bits of each index, so a
  * 16-entry table of q mod 2^bits turns the shifted word straight into float q). */
-AI void packed_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, float *out, const int bits,
-                   const int NB) {
+AI void packed_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, float *out,
+                    const int bits, const int NB) {
     const int pack = quant_pack(bits), block = LANES * pack, group = w->group;
-    size_t e0 = (size_t)r * w->cols + c0;
-    const uint8_t *wb = (const uint8_t *)w->data + e0 * bits / 8;
-    int n = c1 - c0, ng = n / group;
-    float sf[KERNEL_MAX_GROUPS], bdot[KERNEL_NB];
-    row_scales(w, e0 / group, ng, xv, sf, bdot, NB);
-
+    const int gshift = __builtin_ctz((unsigned)group), n = c1 - c0, ng = n / group;
+    const int full = n / block * block, tail_lanes = (n - full) / pack;
     float tab[LANES];
-    for (int i = 0; i < LANES; i++) tab[i] = (float)(i & ((1 << bits) - 1));
-    const __m512 table = _mm512_loadu_ps(tab);
-    const __m512i gidx = lane_group_index(pack, group);
-    __m512 tot[KERNEL_NB];
-    for (int j = 0; j < NB; j++) tot[j] = _mm512_setzero_ps();
-
-    for (int e = 0; e < n; e += block) {
-        __m512i wv = load_packed(wb + (size_t)e * bits / 8, (n - e) / pack, bits);
-        __m512 s = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(sf + e / group));
-        __m512 acc[KERNEL_NB][2];
-        for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-#pragma GCC unroll 16
-        for (int k = 0; k < pack; k++) {
-            __m512 q = _mm512_permutexvar_ps(_mm512_srli_epi32(wv, k * bits), table);
-            for (int j = 0; j < NB; j++)
-                acc[j][k & ALT] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xv[j].x + e + k * LANES), acc[j][k & ALT]);
-        }
-        for (int j = 0; j < NB; j++) tot[j] = _mm512_fmadd_ps(s, _mm512_add_ps(acc[j][0], acc[j][1]), tot[j]);
+    int idx[LANES];
+    for (int i = 0; i < LANES; i++) {
+        tab[i] = (float)(i & ((1 << bits) - 1));
+        idx[i] = i * pack / group; /* lane i's group, relative to the block's first */
     }
-    for (int j = 0; j < NB; j++) out[j] = _mm512_reduce_add_ps(tot[j]) + bdot[j];
+    const __m512 table = _mm512_loadu_ps(tab);
+    const __m512i gidx = _mm512_loadu_si512(idx);
+    float sf[KERNEL_MAX_GROUPS], bdot[KERNEL_NB];
+    for (int r = r0; r < r1; r++) {
+        size_t e0 = (size_t)r * w->cols + c0;
+        const uint8_t *wb = (const uint8_t *)w->data + e0 * bits / 8;
+        row_scales(w, e0 >> gshift, ng, xv, sf, bdot, NB);
+        __m512 tot[KERNEL_NB];
+        FOR_J tot[j] = _mm512_setzero_ps();
+        for (int e = 0; e < full; e += block) packed_block(wb, e, LANES, sf, gshift, gidx, table, xv, tot, bits, NB);
+        if (tail_lanes) packed_block(wb, full, tail_lanes, sf, gshift, gidx, table, xv, tot, bits, NB);
+        FOR_J out[(r - r0) * NB + j] = _mm512_reduce_add_ps(tot[j]) + bdot[j];
+    }
 }
 
 /* Q8: one byte per value, natural order; a 16-value vector never straddles a group (group >= 32). */
-AI void q8_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, float *out, const int NB) {
-    const int group = w->group;
-    size_t e0 = (size_t)r * w->cols + c0;
-    const uint8_t *wb = (const uint8_t *)w->data + e0;
-    int n = c1 - c0, ng = n / group;
+AI void q8_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, float *out, const int NB) {
+    const int group = w->group, gshift = __builtin_ctz((unsigned)group), n = c1 - c0, ng = n / group;
     float sf[KERNEL_MAX_GROUPS], bdot[KERNEL_NB];
-    row_scales(w, e0 / group, ng, xv, sf, bdot, NB);
-    __m512 tot[KERNEL_NB];
-    for (int j = 0; j < NB; j++) tot[j] = _mm512_setzero_ps();
-    for (int g = 0; g < ng; g++) {
-        __m512 acc[KERNEL_NB][2];
-        for (int j = 0; j < NB; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-        for (int v = 0; v < group; v += 16) {
-            int e = g * group + v;
-            __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wb + e))));
-            for (int j = 0; j < NB; j++)
-                acc[j][(v >> 4) & ALT] = _mm512_fmadd_ps(q, _mm512_loadu_ps(xv[j].x + e), acc[j][(v >> 4) & ALT]);
+    for (int r = r0; r < r1; r++) {
+        size_t e0 = (size_t)r * w->cols + c0;
+        const uint8_t *wb = (const uint8_t *)w->data + e0;
+        row_scales(w, e0 >> gshift, ng, xv, sf, bdot, NB);
+        __m512 tot[KERNEL_NB];
+        FOR_J tot[j] = _mm512_setzero_ps();
+        for (int g = 0; g < ng; g++) {
+            __m512 acc[KERNEL_NB][2];
+            FOR_J acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+            for (int e = g * group; e < (g + 1) * group; e += 32) { /* group is a multiple of 32 */
+                if (e % 64 == 0) prefetch(wb + e);
+                __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wb + e))));
+                __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wb + e + 16))));
+                FOR_J {
+                    acc[j][0] = _mm512_fmadd_ps(q0, _mm512_loadu_ps(xv[j].x + e), acc[j][0]);
+                    acc[j][ALT] = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xv[j].x + e + 16), acc[j][ALT]);
+                }
+            }
+            __m512 s = _mm512_set1_ps(sf[g]);
+            FOR_J tot[j] = _mm512_fmadd_ps(s, _mm512_add_ps(acc[j][0], acc[j][1]), tot[j]);
         }
-        __m512 s = _mm512_set1_ps(sf[g]);
-        for (int j = 0; j < NB; j++) tot[j] = _mm512_fmadd_ps(s, _mm512_add_ps(acc[j][0], acc[j][1]), tot[j]);
+        FOR_J out[(r - r0) * NB + j] = _mm512_reduce_add_ps(tot[j]) + bdot[j];
     }
-    for (int j = 0; j < NB; j++) out[j] = _mm512_reduce_add_ps(tot[j]) + bdot[j];
 }
 
-/* ---- instantiation: one function per dtype, switching on nb so each body is fully unrolled ---- */
+/* ---- instantiation: one function per dtype, switching on nb so each body is unrolled for it --- */
 
-/* fn(args..., NB) with NB a constant 1..KERNEL_NB, so each body is unrolled for its nb. */
+/* fn(args..., NB) with NB a constant 1..KERNEL_NB. */
 #define CALL_BY_NB(fn, ...)                                                                       \
     switch (nb) {                                                                                 \
     case 1: fn(__VA_ARGS__, 1); break;                                                            \
@@ -160,19 +180,20 @@ AI void q8_row(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, flo
     }
 _Static_assert(KERNEL_NB == 4, "CALL_BY_NB covers nb = 1..4");
 
-#define ROW_FN(NAME, BODY, ...)                                                                   \
-    static void NAME(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, int nb, float *out) { \
-        CALL_BY_NB(BODY, w, r, c0, c1, xv, out, __VA_ARGS__)                                      \
+#define ROWS_FN(NAME, BODY, ...)                                                                  \
+    static void NAME(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, \
+                     float *out) {                                                                \
+        CALL_BY_NB(BODY, w, r0, r1, c0, c1, xv, out, __VA_ARGS__)                                 \
     }
-ROW_FN(row_f32, float_row, DTYPE_F32)
-ROW_FN(row_f16, float_row, DTYPE_F16)
-ROW_FN(row_bf16, float_row, DTYPE_BF16)
-ROW_FN(row_q4, packed_row, 4)
-ROW_FN(row_q3, packed_row, 3)
-ROW_FN(row_q2, packed_row, 2)
+ROWS_FN(rows_f32, float_rows, DTYPE_F32)
+ROWS_FN(rows_f16, float_rows, DTYPE_F16)
+ROWS_FN(rows_bf16, float_rows, DTYPE_BF16)
+ROWS_FN(rows_q4, packed_rows, 4)
+ROWS_FN(rows_q3, packed_rows, 3)
+ROWS_FN(rows_q2, packed_rows, 2)
 
-static void row_q8(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, int nb, float *out) {
-    CALL_BY_NB(q8_row, w, r, c0, c1, xv, out)
+static void rows_q8(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out) {
+    CALL_BY_NB(q8_rows, w, r0, r1, c0, c1, xv, out)
 }
 
 static const kernel_ops ops_avx512 = {
@@ -180,8 +201,8 @@ static const kernel_ops ops_avx512 = {
     .lanes = LANES,
     .pack = {[DTYPE_F32] = 1, [DTYPE_F16] = 1, [DTYPE_BF16] = 1, [DTYPE_Q8] = 1, [DTYPE_Q4] = 8,
              [DTYPE_Q3] = 8, [DTYPE_Q2] = 16},
-    .row = {[DTYPE_F32] = row_f32, [DTYPE_F16] = row_f16, [DTYPE_BF16] = row_bf16, [DTYPE_Q8] = row_q8,
-            [DTYPE_Q4] = row_q4, [DTYPE_Q3] = row_q3, [DTYPE_Q2] = row_q2},
+    .rows = {[DTYPE_F32] = rows_f32, [DTYPE_F16] = rows_f16, [DTYPE_BF16] = rows_bf16, [DTYPE_Q8] = rows_q8,
+             [DTYPE_Q4] = rows_q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = rows_q2},
 };
 
 const kernel_ops *kernel_ops_avx512(void) { return &ops_avx512; }

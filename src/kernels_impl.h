@@ -29,16 +29,24 @@ typedef struct {
     const float *xsum; /* quantized types: sum of x over each group of the chunk, zero-padded by 16 */
 } kernel_xview;
 
-/* out[j] = W[r][c0, c1) . x_j for j < nb (1 <= nb <= KERNEL_NB), x_j given by xv[j] relative to c0.
- * c0 is a multiple of KERNEL_CHUNK_ALIGN; c1 is c0 + chunk or cols. */
-typedef void (*kernel_row_fn)(const qmat *w, int r, int c0, int c1, const kernel_xview *xv, int nb,
-                              float *out);
+/* out[(r - r0) * nb + j] = W[r][c0, c1) . x_j for r0 <= r < r1 and j < nb (1 <= nb <= KERNEL_NB),
+ * x_j given by xv[j] relative to c0. c0 is a multiple of KERNEL_CHUNK_ALIGN; c1 is c0 + chunk or
+ * cols. The driver passes at most KERNEL_ROWS_MAX rows per call. */
+typedef void (*kernel_rows_fn)(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb,
+                               float *out);
+#define KERNEL_ROWS_MAX 64
+
+/* Bytes ahead of the current position the row kernels prefetch W from (0: no software prefetch;
+ * the hardware prefetcher alone leaves quantized rows latency-bound). */
+#ifndef KERNEL_PREFETCH
+#define KERNEL_PREFETCH 1024
+#endif
 
 typedef struct {
     const char *name;
     int lanes;               /* floats per vector: the interleave width of prepared x */
     int pack[DTYPE_COUNT];   /* values per lane per block; 1 = natural order */
-    kernel_row_fn row[DTYPE_COUNT];
+    kernel_rows_fn rows[DTYPE_COUNT];
 } kernel_ops;
 
 /* NULL when the level was not compiled in (non-x86 build). Callers check the CPU first. */
