@@ -9,7 +9,8 @@
  *
  * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
  * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.
- * The SIMD kernels keep up to ~90 KB of scratch on the stack (prepared x); no allocation. */
+ * The SIMD kernels keep up to ~40 KB of scratch on the stack (prepared x; ~80 KB in the caller of
+ * kernel_matvec_mt); no allocation. */
 #ifndef FLASHMOE_KERNELS_H
 #define FLASHMOE_KERNELS_H
 #include "tensor.h"

@@ -18,7 +18,7 @@
 #define KERNEL_NB 4
 /* Floats of prepared x the driver keeps on its stack; columns are processed in chunks of at most
  * this many (divided by the number of x vectors), a multiple of KERNEL_CHUNK_ALIGN. */
-#define KERNEL_XBUF 16384
+#define KERNEL_XBUF 8192
 /* Chunk granularity: a multiple of every group size (<= 128) and every block (<= 16 lanes * 16). */
 #define KERNEL_CHUNK_ALIGN 512
 /* Upper bound on groups in a chunk (groups are >= 32 values), plus padding for vector over-reads. */

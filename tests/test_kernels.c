@@ -242,7 +242,7 @@ static void test_matvec_all_levels(void) {
     }
 }
 
-/* Columns beyond one chunk of prepared x (16384 for one vector): the column-chunk loop. */
+/* Columns beyond one chunk of prepared x (8192 for one vector): the column-chunk loop. */
 static void test_matvec_wide(void) {
     dtype types[] = {DTYPE_F16, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2, DTYPE_Q8};
     FOR_EACH_LEVEL(lv) {
