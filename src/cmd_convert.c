@@ -1,4 +1,4 @@
-/* `flashmoe convert SRC OUT [--experts T] [--dense T] [--group G] [--force]` */
+/* `flashmoe convert SRC OUT [--experts T] [--dense T] [--group G] [--force]`: SRC an HF or MLX checkpoint */
 #include <stdio.h>
 #include <string.h>
 
@@ -15,6 +15,13 @@ static void usage(FILE *f) {
             "Quantization is group-wise affine (bf16 scale and bias per group, MLX layout), each group's\n"
             "scale and bias chosen to minimise its squared error. Routers keep at least 8 bits; a matrix\n"
             "whose rows do not divide into groups stays bf16 (and the converter says so).\n\n"
+            "SRC may also be an MLX checkpoint (mlx-community, from mlx-lm or mlx-vlm: language_model.* names,\n"
+            "experts in mlp.switch_mlp, 2/3/4/5/6/8-bit affine weights with bits and group per tensor from\n"
+            "config.json's \"quantization\"). A weight already at the target's bits and group is copied bit\n"
+            "for bit; a target with more bits and the same group keeps its codes, scales and biases (exact);\n"
+            "anything else is dequantized and requantized as above (e.g. 4-bit MLX experts to --experts q2).\n"
+            "mlx-lm's +1 on the norms and its [C, K, 1] conv kernels are undone. Use --dense q4 (or q8) and\n"
+            "the source's --group to keep a quantized MLX model's dense weights as they are.\n\n"
             "  --experts T   expert weights (default q4)\n"
             "  --dense T     non-expert matrices (default bf16); norms and small vectors stay f32\n"
             "  --group G     quantization group: 32, 64 or 128 (default 64)\n"

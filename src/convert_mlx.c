@@ -412,6 +412,7 @@ typedef struct {
     mlx_qtensor q;   /* q.w: a quantized source */
     dtype store;
     int minus_one;   /* a norm stored as 1 + w */
+    int kept_bf16;   /* columns do not divide into groups: said once everything is checked */
     int ndim;
     int64_t shape[ST_MAX_DIMS]; /* as written */
     char out_name[300];
@@ -488,9 +489,7 @@ static int plan_tensor(const checkpoint *ck, const mlx_quant *mq, const convert_
         p->minus_one = shifted && t->ndim == 1 && strncmp(p->out_name, "lm_head.", 8) && is_shifted_norm(rest);
         p->store = convert_plan_dtype(t->ndim, t->shape, t->name, o->dense, o->group, &kept);
     }
-    if (kept && !o->quiet)
-        fprintf(stderr, "convert: %s: %lld columns do not divide into groups of %d: kept in bf16\n", t->name,
-                (long long)p->shape[1], o->group);
+    p->kept_bf16 = kept;
     return 0;
 }
 
@@ -583,31 +582,40 @@ static int write_tensor(st_writer *w, const res_plan *p, int group, res_buffers 
     return rc ? -1 : 0;
 }
 
-static int write_resident(const checkpoint *ck, const mlx_quant *mq, const convert_opts *o, int shifted, pool *pl,
-                          char *err, size_t errlen) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", o->out, PACKED_RESIDENT);
+/* Every resident tensor checked and planned, before anything is written. */
+static int plan_resident(const checkpoint *ck, const mlx_quant *mq, const convert_opts *o, int shifted,
+                         res_plan **plans, int *np, char *err, size_t errlen) {
     int n = 0;
     for (int f = 0; f < ck->n_files; f++) n += ck->files[f].n_tensors;
     res_plan *plan = calloc((size_t)n + 1, sizeof *plan);
-    res_buffers b = {0};
-    st_writer w = {0};
-    int np = 0, rc = -1;
     if (!plan) {
-        snprintf(err, errlen, "%s: out of memory", path);
+        snprintf(err, errlen, "%s: out of memory", ck->dir);
         return -1;
     }
-    if (st_writer_open(&w, path, err, errlen)) goto out;
+    *np = 0;
     for (int f = 0; f < ck->n_files; f++)
         for (int i = 0; i < ck->files[f].n_tensors; i++) {
             int skip;
-            if (plan_tensor(ck, mq, o, shifted, &ck->files[f], &ck->files[f].tensors[i], &plan[np], &skip, err,
-                            errlen))
-                goto out;
-            if (skip) continue;
-            if (declare(&w, &plan[np], o->group, err, errlen)) goto out;
-            np++;
+            if (plan_tensor(ck, mq, o, shifted, &ck->files[f], &ck->files[f].tensors[i], &plan[*np], &skip, err,
+                            errlen)) {
+                free(plan);
+                return -1;
+            }
+            *np += !skip;
         }
+    *plans = plan;
+    return 0;
+}
+
+static int write_resident(const res_plan *plan, int np, const convert_opts *o, pool *pl, char *err, size_t errlen) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", o->out, PACKED_RESIDENT);
+    res_buffers b = {0};
+    st_writer w = {0};
+    int rc = -1;
+    if (st_writer_open(&w, path, err, errlen)) goto out;
+    for (int i = 0; i < np; i++)
+        if (declare(&w, &plan[i], o->group, err, errlen)) goto out;
     if (st_writer_begin_data(&w, "flashmoe-resident", err, errlen)) goto out;
     for (int i = 0; i < np; i++)
         if (write_tensor(&w, &plan[i], o->group, &b, pl, path, err, errlen)) goto out;
@@ -616,7 +624,6 @@ out:
     if (w.f) st_writer_abort(&w);
     free(b.x);
     free(b.out);
-    free(plan);
     return rc;
 }
 
@@ -664,6 +671,8 @@ static int proj_open(const checkpoint *ck, const mlx_quant *mq, const model_conf
     return 0;
 }
 
+static const char *proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
+
 static int write_experts(const checkpoint *ck, const mlx_quant *mq, const model_config *c, const convert_opts *o,
                          const packed_layout *lo, pool *pl, char *err, size_t errlen) {
     int I = c->expert_inter, H = c->hidden_size;
@@ -672,7 +681,6 @@ static int write_experts(const checkpoint *ck, const mlx_quant *mq, const model_
         snprintf(err, errlen, "%s: out of memory", o->out);
         return -1;
     }
-    static const char *names[3] = {"gate_proj", "up_proj", "down_proj"};
     const int rows[3] = {I, I, H}, cols[3] = {H, H, I};
     const packed_part *parts[3] = {&lo->gate, &lo->up, &lo->down};
     double t0 = util_now_seconds(), bytes = 0;
@@ -681,7 +689,7 @@ static int write_experts(const checkpoint *ck, const mlx_quant *mq, const model_
         convert_progress(o, l, c->n_layers, t0, bytes);
         proj_source src[3];
         for (int p = 0; p < 3; p++)
-            if (proj_open(ck, mq, c, l, names[p], rows[p], cols[p], &src[p], err, errlen)) goto out;
+            if (proj_open(ck, mq, c, l, proj_names[p], rows[p], cols[p], &src[p], err, errlen)) goto out;
         expert_file_writer w;
         if (expert_file_open(&w, o->out, l, c->n_experts, lo, err, errlen)) goto out;
         for (int e = 0; e < c->n_experts; e++) {
@@ -753,26 +761,54 @@ static int write_config(const mlx_quant *mq, const char *out, char *err, size_t 
     return ok ? 0 : -1;
 }
 
+/* The experts of every layer checked (names, dtypes, shapes, bits), before anything is written. */
+static int check_experts(const checkpoint *ck, const mlx_quant *mq, const model_config *c, int *bits, char *err,
+                         size_t errlen) {
+    int I = c->expert_inter, H = c->hidden_size;
+    const int rows[3] = {I, I, H}, cols[3] = {H, H, I};
+    *bits = -1;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < 3; p++) {
+            proj_source s;
+            if (proj_open(ck, mq, c, l, proj_names[p], rows[p], cols[p], &s, err, errlen)) return -1;
+            int b = s.q.w ? s.q.bits : 16;
+            *bits = *bits < 0 || *bits == b ? b : 0; /* 0: mixed */
+        }
+    return 0;
+}
+
 int convert_mlx_write(const checkpoint *ck, const model_config *c, const convert_opts *o, const packed_layout *lo,
                       char *err, size_t errlen) {
     mlx_quant mq;
-    int shifted, rc = -1;
+    res_plan *plan = NULL;
+    int shifted, np = 0, ebits, rc = -1;
     if (quant_load(&mq, ck->dir, err, errlen)) {
         quant_free(&mq);
         return -1;
     }
-    if (norms_shifted(ck, &shifted, err, errlen) || write_config(&mq, o->out, err, errlen)) goto out;
-    if (!o->quiet)
-        fprintf(stderr, "convert: MLX checkpoint (%s): conv1d in %s layout, so norms are %s\n",
-                mq.q ? "quantized" : "not quantized", shifted ? "MLX [C, K, 1]" : "HF [C, 1, K]",
-                shifted ? "stored as 1 + w and shifted back" : "taken as stored");
+    if (norms_shifted(ck, &shifted, err, errlen) || check_experts(ck, &mq, c, &ebits, err, errlen) ||
+        plan_resident(ck, &mq, o, shifted, &plan, &np, err, errlen))
+        goto out;
+    if (!o->quiet) {
+        char eb[32];
+        if (ebits == 16) snprintf(eb, sizeof eb, "float");
+        else if (ebits) snprintf(eb, sizeof eb, "%d-bit", ebits);
+        else snprintf(eb, sizeof eb, "mixed-bit");
+        fprintf(stderr, "convert: MLX checkpoint, %s experts; conv1d in %s layout: norms %s\n", eb,
+                shifted ? "MLX [C, K, 1]" : "HF [C, 1, K]",
+                shifted ? "stored as 1 + w, shifted back" : "taken as stored");
+        for (int i = 0; i < np; i++)
+            if (plan[i].kept_bf16)
+                fprintf(stderr, "convert: %s: %lld columns do not divide into groups of %d: kept in bf16\n",
+                        plan[i].t->name, (long long)plan[i].shape[1], o->group);
+    }
+    if (write_config(&mq, o->out, err, errlen)) goto out;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     pool *pl = pool_create(cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus); /* NULL: this thread alone */
-    rc = write_resident(ck, &mq, o, shifted, pl, err, errlen) || write_experts(ck, &mq, c, o, lo, pl, err, errlen)
-             ? -1
-             : 0;
+    rc = write_resident(plan, np, o, pl, err, errlen) || write_experts(ck, &mq, c, o, lo, pl, err, errlen) ? -1 : 0;
     pool_free(pl);
 out:
+    free(plan);
     quant_free(&mq);
     return rc;
 }

@@ -989,7 +989,7 @@ static void rm_tree(const char *dir) {
 
 int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "--write-fixture")) { /* for tests/convert_mlx_test.sh */
-        spec sp = {.bits = 4, .group = 32, .router_group = 64};
+        spec sp = {.bits = 4, .group = 32, .router_group = 32};
         if (!strcmp(argv[3], "q6")) sp.bits = 6;
         else if (strcmp(argv[3], "q4")) sp.mutate = argv[3];
         fixture fx;
