@@ -826,8 +826,11 @@ static int merges_load(tokenizer *tok, const cJSON *merges, char *msg) {
 }
 
 /* Reads added_tokens; ids follow AddedVocabulary::add_tokens: a content already in the model
- * vocab keeps its vocab id, anything else takes the id written in the file. */
-static int added_load(tokenizer *tok, const cJSON *list, char *msg) {
+ * vocab keeps its vocab id; anything else takes the next id after the largest added id so far, or
+ * the model's vocabulary size (its number of entries) for the first one. HF ignores the id written
+ * in the file (it only warns when they differ), so we do too. */
+static int added_load(tokenizer *tok, const cJSON *list, int32_t vocab_size, char *msg) {
+    int32_t max_added = -1;
     size_t n = (size_t)cJSON_GetArraySize(list);
     if (!n) return 0;
     tok->added = calloc(n, sizeof *tok->added);
@@ -861,9 +864,12 @@ static int added_load(tokenizer *tok, const cJSON *list, char *msg) {
         if (duplicate) continue;
         t.id = vocab_find(tok, content, len);
         if (t.id < 0) {
-            if (json_id(cJSON_GetObjectItemCaseSensitive(j, "id"), where, content, &t.id, msg)) return -1;
+            int32_t declared;
+            if (json_id(cJSON_GetObjectItemCaseSensitive(j, "id"), where, content, &declared, msg)) return -1;
+            t.id = max_added < 0 ? vocab_size : max_added >= vocab_size || vocab_size == 0 ? max_added + 1 : vocab_size;
             if (piece_set(tok, t.id, content, len, where, msg)) return -1;
         }
+        if (t.id > max_added) max_added = t.id;
         if (strings_add(tok, content, len, &t.content_off)) return fail(msg, "out of memory");
         t.content_len = (uint32_t)len;
         t.match_off = t.content_off, t.match_len = t.content_len;
@@ -950,6 +956,8 @@ static int model_load(tokenizer *tok, const cJSON *root, char *msg) {
             max_id = (int32_t)jid->valuedouble;
     }
     if (max_id < 0) return fail(msg, "model.vocab is empty");
+    int32_t vocab_size = cJSON_GetArraySize(vocab), n_added_json = cJSON_IsArray(added) ? cJSON_GetArraySize(added) : 0;
+    if (vocab_size + n_added_json - 1 > max_id) max_id = vocab_size + n_added_json - 1; /* room for assigned ids */
     if (vocab_load(tok, vocab, max_id, msg)) return -1;
     if (cJSON_IsArray(merges) && merges_load(tok, merges, msg)) return -1;
     if (!tok->merge && merges_load(tok, NULL, msg)) return -1; /* an empty table keeps lookups simple */
@@ -959,7 +967,7 @@ static int model_load(tokenizer *tok, const cJSON *root, char *msg) {
     tok->unk_id = unk ? vocab_find(tok, unk, strlen(unk)) : -1;
     if (unk && tok->unk_id < 0) return fail(msg, "model.unk_token '%s' is not in the vocab", unk);
 
-    if (cJSON_IsArray(added) && added_load(tok, added, msg)) return -1;
+    if (cJSON_IsArray(added) && added_load(tok, added, vocab_size, msg)) return -1;
     while (tok->n_ids > 1 && tok->piece_off[tok->n_ids - 1] == UINT32_MAX)
         tok->n_ids--; /* the file's id of an added token that kept its vocab id */
     if (added_normalize(tok, msg)) return -1;

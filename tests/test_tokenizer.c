@@ -533,7 +533,12 @@ static void test_tiny_lookups(void) {
     CHECK(!tokenizer_piece(t, 308), "id 308 (the file's id for 'hello') stays unassigned");
     CHECK(tokenizer_is_special(t, tokenizer_token_id(t, "<s>")), "<s> is special");
     CHECK(!tokenizer_is_special(t, tokenizer_token_id(t, "[L]")), "[L] is not special");
-    CHECK(tokenizer_vocab_size(t) == 308, "vocab size %d", tokenizer_vocab_size(t));
+    /* HF (AddedVocabulary::add_tokens) gives added tokens missing from the vocab the ids after it, in
+     * file order (270..276 here), whatever ids the file declares (300..307): checked against tokenizers
+     * 0.23.2 with tools/make_tokenizer_refs.py */
+    CHECK(tokenizer_token_id(t, "<s>") == 270, "<s> takes the first id after the vocab: %d", tokenizer_token_id(t, "<s>"));
+    CHECK(!tokenizer_piece(t, 300), "the file's id 300 stays unassigned");
+    CHECK(tokenizer_vocab_size(t) == 277, "vocab size %d", tokenizer_vocab_size(t));
     int32_t *ids;
     size_t n, len;
     char *text;
@@ -741,7 +746,6 @@ static void test_load_errors(void) {
         {"pre_tokenizer", "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Sideways\"}",
          "behavior 'Sideways'"},
         {"decoder", "{\"type\": \"WordPiece\"}", "decoder type 'WordPiece' is not supported"},
-        {"added_tokens", "[{\"id\": 65, \"content\": \"<x>\"}]", "id 65 is given to both"},
     };
     for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
         tokenizer *t = load_variant(TINY, KV(variants[i].key, variants[i].value), err, sizeof err);
