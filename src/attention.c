@@ -17,56 +17,61 @@ static void rope(float *v, int rope_dim, int pos, double theta) {
     }
 }
 
-void attention_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out) {
+void attention_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out) {
     const model_config *c = &s->m->cfg;
-    int nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim, pos = s->pos;
-    int kv_dim = nkv * hd, group = nh / nkv;
+    int nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
+    int kv_dim = nkv * hd, group = nh / nkv, qg_dim = nh * hd * 2;
+    float *k_cache = s->k_cache[layer], *v_cache = s->v_cache[layer];
 
-    /* q, gate = q_proj(x).view(heads, 2 * head_dim).chunk(2); k = k_proj(x); v = v_proj(x) */
-    state_matvec(s, s->qg, &w->q_proj, xn);
-    float *k = s->k_cache[layer] + (size_t)pos * kv_dim, *v = s->v_cache[layer] + (size_t)pos * kv_dim;
-    state_matvec(s, k, &w->k_proj, xn);
-    state_matvec(s, v, &w->v_proj, xn);
+    /* q, gate = q_proj(x).view(heads, 2 * head_dim).chunk(2); k = k_proj(x); v = v_proj(x), for all T
+     * positions at once; keys and values land in the cache rows of their positions */
+    state_matmul(s, s->qg, &w->q_proj, xn, T);
+    state_matmul(s, k_cache + (size_t)s->pos * kv_dim, &w->k_proj, xn, T);
+    state_matmul(s, v_cache + (size_t)s->pos * kv_dim, &w->v_proj, xn, T);
 
-    /* per-head q_norm / k_norm (1 + w), then RoPE on the leading rope_dim values */
-    for (int h = 0; h < nh; h++) {
-        float *q = s->q + (size_t)h * hd;
-        rmsnorm(q, s->qg + (size_t)h * 2 * hd, w->q_norm, hd, c->norm_eps);
-        rope(q, c->rope_dim, pos, c->rope_theta);
-    }
-    for (int h = 0; h < nkv; h++) {
-        rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, w->k_norm, hd, c->norm_eps);
-        rope(k + (size_t)h * hd, c->rope_dim, pos, c->rope_theta);
-    }
-
-    /* causal softmax(q k^T / sqrt(hd)) v over positions 0..pos, grouped query heads */
     float scale = 1.0f / sqrtf((float)hd);
-    for (int h = 0; h < nh; h++) {
-        const float *q = s->q + (size_t)h * hd;
-        int kvh = h / group;
-        float maxs = -INFINITY;
-        for (int t = 0; t <= pos; t++) {
-            const float *kt = s->k_cache[layer] + (size_t)t * kv_dim + (size_t)kvh * hd;
-            float dot = 0.0f;
-            for (int i = 0; i < hd; i++) dot += q[i] * kt[i];
-            s->scores[t] = dot * scale;
-            if (s->scores[t] > maxs) maxs = s->scores[t];
+    for (int t = 0; t < T; t++) {
+        int pos = s->pos + t;
+        const float *qg = s->qg + (size_t)t * qg_dim;
+        float *k = k_cache + (size_t)pos * kv_dim, *att = s->att + (size_t)t * nh * hd;
+        /* per-head q_norm / k_norm (1 + w), then RoPE on the leading rope_dim values */
+        for (int h = 0; h < nh; h++) {
+            float *q = s->q + (size_t)h * hd;
+            rmsnorm(q, qg + (size_t)h * 2 * hd, w->q_norm, hd, c->norm_eps);
+            rope(q, c->rope_dim, pos, c->rope_theta);
         }
-        float sum = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            s->scores[t] = expf(s->scores[t] - maxs);
-            sum += s->scores[t];
+        for (int h = 0; h < nkv; h++) {
+            rmsnorm(k + (size_t)h * hd, k + (size_t)h * hd, w->k_norm, hd, c->norm_eps);
+            rope(k + (size_t)h * hd, c->rope_dim, pos, c->rope_theta);
         }
-        float *o = s->att + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) o[i] = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            const float *vt = s->v_cache[layer] + (size_t)t * kv_dim + (size_t)kvh * hd;
-            float p = s->scores[t] / sum;
-            for (int i = 0; i < hd; i++) o[i] += p * vt[i];
+        /* causal softmax(q k^T / sqrt(hd)) v over positions 0..pos, grouped query heads */
+        for (int h = 0; h < nh; h++) {
+            const float *q = s->q + (size_t)h * hd;
+            int kvh = h / group;
+            float maxs = -INFINITY;
+            for (int p = 0; p <= pos; p++) {
+                const float *kp = k_cache + (size_t)p * kv_dim + (size_t)kvh * hd;
+                float dot = 0.0f;
+                for (int i = 0; i < hd; i++) dot += q[i] * kp[i];
+                s->scores[p] = dot * scale;
+                if (s->scores[p] > maxs) maxs = s->scores[p];
+            }
+            float sum = 0.0f;
+            for (int p = 0; p <= pos; p++) {
+                s->scores[p] = expf(s->scores[p] - maxs);
+                sum += s->scores[p];
+            }
+            float *o = att + (size_t)h * hd;
+            for (int i = 0; i < hd; i++) o[i] = 0.0f;
+            for (int p = 0; p <= pos; p++) {
+                const float *vp = v_cache + (size_t)p * kv_dim + (size_t)kvh * hd;
+                float pr = s->scores[p] / sum;
+                for (int i = 0; i < hd; i++) o[i] += pr * vp[i];
+            }
+            /* attn * sigmoid(gate) */
+            const float *gate = qg + (size_t)h * 2 * hd + hd;
+            for (int i = 0; i < hd; i++) o[i] *= sigmoid(gate[i]);
         }
-        /* attn * sigmoid(gate) */
-        const float *gate = s->qg + (size_t)h * 2 * hd + hd;
-        for (int i = 0; i < hd; i++) o[i] *= sigmoid(gate[i]);
     }
-    state_matvec(s, out, &w->o_proj, s->att); /* o_proj */
+    state_matmul(s, out, &w->o_proj, s->att, T); /* o_proj */
 }

@@ -34,6 +34,7 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     "                             LRU cache of --cache-mb MiB, or mapped (HF checkpoints only)\n"    \
     "  --cache-mb N               expert cache budget for --io direct (default 0)\n"              \
     "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
+    "  --prefill-chunk N          prompt positions run together, each expert read once per chunk (64)\n" \
     "  --timing                   print where each layer's time goes, and the I/O totals\n"
 
 #endif

@@ -30,18 +30,16 @@ static void causal_conv_silu(float *x, float *conv_state, const float *weight, i
     }
 }
 
-void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out) {
+/* One position: conv, normalisation, gates and the recurrence for every value head, then the gated
+ * norm; qkv [conv_dim] is replaced by the conv output, o [value_dim] receives the result. */
+static void delta_net_step(state *s, int layer, const layer_weights *w, float *qkv, const float *z,
+                           const float *b, const float *a, float *o) {
     const model_config *c = &s->m->cfg;
     int Hk = c->lin_k_heads, Hv = c->lin_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
-    int key_dim = Hk * dk, value_dim = Hv * dv, conv_dim = 2 * key_dim + value_dim, r = Hv / Hk;
+    int key_dim = Hk * dk, conv_dim = 2 * key_dim + Hv * dv, r = Hv / Hk;
 
-    /* [q | k | v] = conv(in_proj_qkv(x)); z = in_proj_z(x); b = in_proj_b(x); a = in_proj_a(x) */
-    state_matvec(s, s->qkv, &w->in_qkv, xn);
-    state_matvec(s, s->z, &w->in_z, xn);
-    state_matvec(s, s->beta, &w->in_b, xn);
-    state_matvec(s, s->decay, &w->in_a, xn);
-    causal_conv_silu(s->qkv, s->conv_state[layer], w->conv_w, conv_dim, c->conv_kernel);
-    float *q = s->qkv, *k = s->qkv + key_dim, *v = s->qkv + 2 * key_dim;
+    causal_conv_silu(qkv, s->conv_state[layer], w->conv_w, conv_dim, c->conv_kernel);
+    float *q = qkv, *k = qkv + key_dim, *v = qkv + 2 * key_dim;
 
     /* q, k: l2-normalised per head; q scaled by 1/sqrt(dk) */
     float qscale = 1.0f / sqrtf((float)dk);
@@ -53,11 +51,11 @@ void delta_net_forward(state *s, int layer, const layer_weights *w, const float 
 
     for (int h = 0; h < Hv; h++) {
         /* beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias); decay = exp(g) */
-        float beta = sigmoid(s->beta[h]);
-        float decay = expf(w->neg_A[h] * softplus(s->decay[h] + w->dt_bias[h]));
+        float beta = sigmoid(b[h]);
+        float decay = expf(w->neg_A[h] * softplus(a[h] + w->dt_bias[h]));
         const float *qh = q + (size_t)(h / r) * dk, *kh = k + (size_t)(h / r) * dk, *vh = v + (size_t)h * dv;
         float *S = s->rec_state[layer] + (size_t)h * dk * dv; /* [dk][dv] */
-        float *o = s->o + (size_t)h * dv;
+        float *oh = o + (size_t)h * dv;
         /* S = decay * S; u = S^T k; S += k (beta (v - u))^T; o = S^T q. Column j of S depends only on
          * column j, so the three steps run column by column. */
         for (size_t i = 0; i < (size_t)dk * dv; i++) S[i] *= decay;
@@ -70,12 +68,28 @@ void delta_net_forward(state *s, int layer, const layer_weights *w, const float 
                 S[(size_t)i * dv + j] += kh[i] * delta;
                 oj += S[(size_t)i * dv + j] * qh[i];
             }
-            o[j] = oj;
+            oh[j] = oj;
         }
         /* gated norm: w * rmsnorm(o) * silu(z), plain weight */
-        const float *zh = s->z + (size_t)h * dv;
-        rmsnorm(o, o, w->gdn_norm, dv, c->norm_eps);
-        for (int j = 0; j < dv; j++) o[j] *= silu(zh[j]);
+        const float *zh = z + (size_t)h * dv;
+        rmsnorm(oh, oh, w->gdn_norm, dv, c->norm_eps);
+        for (int j = 0; j < dv; j++) oh[j] *= silu(zh[j]);
     }
-    state_matvec(s, out, &w->out_proj, s->o); /* out_proj */
+}
+
+void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out) {
+    const model_config *c = &s->m->cfg;
+    int Hv = c->lin_v_heads, value_dim = Hv * c->lin_v_dim;
+    int conv_dim = 2 * c->lin_k_heads * c->lin_k_dim + value_dim;
+
+    /* in_proj_qkv(x), in_proj_z(x), in_proj_b(x), in_proj_a(x) for all T positions at once */
+    state_matmul(s, s->qkv, &w->in_qkv, xn, T);
+    state_matmul(s, s->z, &w->in_z, xn, T);
+    state_matmul(s, s->beta, &w->in_b, xn, T);
+    state_matmul(s, s->decay, &w->in_a, xn, T);
+    /* the conv and the recurrence are sequential in position */
+    for (int t = 0; t < T; t++)
+        delta_net_step(s, layer, w, s->qkv + (size_t)t * conv_dim, s->z + (size_t)t * value_dim,
+                       s->beta + (size_t)t * Hv, s->decay + (size_t)t * Hv, s->o + (size_t)t * value_dim);
+    state_matmul(s, out, &w->out_proj, s->o, T); /* out_proj */
 }

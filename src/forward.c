@@ -44,30 +44,36 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
         }
     }
     int inter = c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter;
-    s->x = zalloc((size_t)H, &ok);
-    s->xn = zalloc((size_t)H, &ok);
-    s->mix = zalloc((size_t)H, &ok);
-    s->qg = zalloc((size_t)c->n_heads * c->head_dim * 2, &ok);
+    size_t C = (size_t)(s->chunk = m->prefill_chunk > 0 ? m->prefill_chunk : 1), K = (size_t)m->top_k;
+    s->x = zalloc(C * H, &ok);
+    s->xn = zalloc(C * H, &ok);
+    s->mix = zalloc(C * H, &ok);
+    s->qg = zalloc(C * c->n_heads * c->head_dim * 2, &ok);
     s->q = zalloc((size_t)c->n_heads * c->head_dim, &ok);
-    s->k = zalloc(kv_dim, &ok);
-    s->v = zalloc(kv_dim, &ok);
-    s->att = zalloc((size_t)c->n_heads * c->head_dim, &ok);
+    s->att = zalloc(C * c->n_heads * c->head_dim, &ok);
     s->scores = zalloc((size_t)max_ctx, &ok);
-    s->qkv = zalloc(conv_dim, &ok);
-    s->z = zalloc(value_dim, &ok);
-    s->beta = zalloc((size_t)c->lin_v_heads, &ok);
-    s->decay = zalloc((size_t)c->lin_v_heads, &ok);
-    s->o = zalloc(value_dim, &ok);
-    s->router = zalloc((size_t)c->n_experts, &ok);
-    s->topk_w = zalloc((size_t)c->n_experts, &ok);
-    s->eh = zalloc((size_t)inter, &ok);
-    s->eu = zalloc((size_t)inter, &ok);
-    s->eo = zalloc((size_t)H, &ok);
-    s->expert_out = zalloc((size_t)c->n_experts * H, &ok);
-    s->topk_id = calloc((size_t)c->n_experts, sizeof(int));
+    s->qkv = zalloc(C * conv_dim, &ok);
+    s->z = zalloc(C * value_dim, &ok);
+    s->beta = zalloc(C * c->lin_v_heads, &ok);
+    s->decay = zalloc(C * c->lin_v_heads, &ok);
+    s->o = zalloc(C * value_dim, &ok);
+    s->router = zalloc(C * c->n_experts, &ok);
+    s->topk_w = zalloc(C * K, &ok);
+    s->sg = zalloc(C, &ok);
+    s->sh = zalloc(C * H, &ok);
+    s->xe = zalloc(C * H, &ok);
+    s->eh = zalloc(C * inter, &ok);
+    s->eu = zalloc(C * inter, &ok);
+    s->expert_out = zalloc(K * C * H, &ok);
+    s->expert_w = zalloc(K * C, &ok);
+    s->topk_id = calloc(C * K, sizeof(int));
+    s->expert_rows = calloc(K * C, sizeof(int));
+    s->expert_n = calloc((size_t)c->n_experts, sizeof(int));
+    s->batch_ids = calloc(K, sizeof(int));
+    if (!s->topk_id || !s->expert_rows || !s->expert_n || !s->batch_ids) ok = 0;
     s->times = calloc((size_t)L * T_COUNT, sizeof(double));
     if (!s->times) ok = 0;
-    if (!ok || !s->topk_id) goto oom;
+    if (!ok) goto oom;
     return s;
 oom:
     snprintf(err, errlen, "out of memory for the model state (context %d)", max_ctx);
@@ -88,10 +94,13 @@ void state_free(state *s) {
     free(s->v_cache);
     free(s->conv_state);
     free(s->rec_state);
-    float *bufs[] = {s->x,  s->xn,   s->mix,  s->qg,     s->q,  s->k,  s->v,  s->att,
-                     s->scores, s->qkv, s->z, s->beta, s->decay, s->o, s->router, s->topk_w,
-                     s->eh, s->eu, s->eo, s->expert_out};
+    float *bufs[] = {s->x,  s->xn,     s->mix,    s->qg, s->q,  s->att, s->scores, s->qkv,       s->z,
+                     s->beta, s->decay, s->o,   s->router, s->topk_w, s->sg, s->sh, s->xe, s->eh, s->eu,
+                     s->expert_out, s->expert_w};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(s->expert_rows);
+    free(s->expert_n);
+    free(s->batch_ids);
     free(s->topk_id);
     free(s->times);
     free(s);
@@ -133,38 +142,66 @@ int state_copy(state *dst, const state *src, char *err, size_t errlen) {
     return 0;
 }
 
-/* One token through every layer; logits (if non-NULL) receive its [vocab] scores. */
-static int forward_token(model *m, state *s, int32_t token, float *logits, char *err, size_t errlen) {
+typedef struct {
+    float *Y;
+    const qmat *w;
+    const float *X;
+    int T, rows_per_task;
+} matmul_job;
+
+static void matmul_task(void *ctx, int task, int n_tasks) {
+    (void)n_tasks;
+    matmul_job *j = ctx;
+    int r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
+    kernel_matmat_rows(j->Y, j->w, j->X, j->T, r0, r1 < j->w->rows ? r1 : j->w->rows);
+}
+
+void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T) {
+    if (T == 1) {
+        kernel_matvec_mt(s->m->pool, Y, w, X);
+        return;
+    }
+    int threads = pool_size(s->m->pool), per = (w->rows + 4 * threads - 1) / (4 * threads);
+    per = (per + 15) / 16 * 16;
+    matmul_job j = {Y, w, X, T, per};
+    pool_run(s->m->pool, matmul_task, &j, (w->rows + per - 1) / per);
+}
+
+/* T consecutive positions (T <= chunk) through every layer; logits (if non-NULL) receive the scores of
+ * every position ([T][vocab]) or, if !all, of the last one only. */
+static int forward_chunk(model *m, state *s, const int32_t *tokens, int T, float *logits, int all, char *err,
+                         size_t errlen) {
     const model_config *c = &m->cfg;
     int H = c->hidden_size;
-    float *x = s->x;
+    float *x = s->x, *xn = s->xn, *mix = s->mix;
     double t = state_clock(s), t0 = t;
-    kernel_row_f32(x, &m->embed, token); /* x = embed_tokens(token) */
+    for (int r = 0; r < T; r++) kernel_row_f32(x + (size_t)r * H, &m->embed, tokens[r]); /* embed_tokens */
     if (s->timing) s->t_head += util_now_seconds() - t0;
     t = state_clock(s);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *w = &m->layers[l];
         /* h = x + mixer(input_layernorm(x)) */
-        rmsnorm(s->xn, x, w->input_norm, H, c->norm_eps);
+        for (int r = 0; r < T; r++) rmsnorm(xn + (size_t)r * H, x + (size_t)r * H, w->input_norm, H, c->norm_eps);
         state_tick(s, l, T_OTHER, &t);
         if (w->type == LAYER_FULL_ATTENTION)
-            attention_forward(s, l, w, s->xn, s->mix);
+            attention_forward(s, l, w, xn, T, mix);
         else
-            delta_net_forward(s, l, w, s->xn, s->mix);
+            delta_net_forward(s, l, w, xn, T, mix);
         state_tick(s, l, T_MIXER, &t);
-        for (int i = 0; i < H; i++) x[i] += s->mix[i];
+        for (size_t i = 0; i < (size_t)T * H; i++) x[i] += mix[i];
         /* out = h + moe(post_attention_layernorm(h)) */
-        rmsnorm(s->xn, x, w->post_norm, H, c->norm_eps);
+        for (int r = 0; r < T; r++) rmsnorm(xn + (size_t)r * H, x + (size_t)r * H, w->post_norm, H, c->norm_eps);
         state_tick(s, l, T_OTHER, &t);
-        if (moe_forward(s, l, w, s->xn, s->mix, err, errlen)) return -1; /* ticks its own buckets */
-        for (int i = 0; i < H; i++) x[i] += s->mix[i];
+        if (moe_forward(s, l, w, xn, T, mix, err, errlen)) return -1; /* ticks its own buckets */
+        for (size_t i = 0; i < (size_t)T * H; i++) x[i] += mix[i];
         state_tick(s, l, T_OTHER, &t);
     }
-    s->pos++;
-    s->timed_tokens += s->timing;
-    if (logits) {
-        rmsnorm(s->xn, x, m->final_norm, H, c->norm_eps);
-        state_matvec(s, logits, &m->lm_head, s->xn);
+    s->pos += T;
+    if (s->timing) s->timed_tokens += T;
+    if (logits) { /* norm(x) then lm_head, for the rows asked for */
+        int first = all ? 0 : T - 1;
+        for (int r = first; r < T; r++) rmsnorm(xn + (size_t)r * H, x + (size_t)r * H, m->final_norm, H, c->norm_eps);
+        state_matmul(s, logits, &m->lm_head, xn + (size_t)first * H, T - first);
         if (s->timing) s->t_head += util_now_seconds() - t;
     }
     return 0;
@@ -219,11 +256,12 @@ int model_forward(model *m, state *s, const int32_t *tokens, int n, float *logit
                  s->max_ctx);
         return -1;
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i += s->chunk) {
+        int T = n - i < s->chunk ? n - i : s->chunk;
         float *out = NULL;
         if (logits && all_logits) out = logits + (size_t)i * c->vocab_size;
-        else if (logits && i == n - 1) out = logits;
-        if (forward_token(m, s, tokens[i], out, err, errlen)) return -1;
+        else if (logits && i + T == n) out = logits;
+        if (forward_chunk(m, s, tokens + i, T, out, all_logits, err, errlen)) return -1;
     }
     return 0;
 }

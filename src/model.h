@@ -25,6 +25,7 @@ typedef struct {
     experts_io_mode io;  /* how experts are read: CACHE (default), DIRECT, or MMAP (HF checkpoints only) */
     size_t cache_bytes;  /* DIRECT: the in-process expert cache's budget */
     int io_threads_only; /* 1: reader threads instead of io_uring */
+    int prefill_chunk;   /* positions run together when a prompt is processed; 0: 64 */
 } model_opts;
 
 typedef struct {
@@ -55,6 +56,7 @@ typedef struct {
 typedef struct {
     model_config cfg;
     int top_k; /* in use (opts or native) */
+    int prefill_chunk;
     checkpoint ck;
     qmat embed;   /* [V, H] */
     qmat lm_head; /* [V, H] (the embedding when tied) */

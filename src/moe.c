@@ -1,16 +1,22 @@
-/* Sparse MoE block: router, top-k with renormalised weights, routed experts, gated shared expert. */
+/* Sparse MoE block: router, top-k with renormalised weights, routed experts, gated shared expert.
+ *
+ * T positions at once, expert-major: every expert selected by any of the T positions is read once and
+ * applied to all the rows routed to it (a prompt chunk of 512 tokens touches most experts, each read once
+ * instead of once per token). Experts are asked for in ascending id, at most K at a time (the sources'
+ * working set), and their outputs are summed in ascending expert order whatever order the reads complete
+ * in, so that results do not depend on I/O timing. */
 #include <math.h>
 #include <string.h>
 
 #include "state.h"
 
-/* y = down(silu(gate x) * up x) */
-static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *x, float *y) {
+/* Y = down(silu(gate X) * up X) over n rows */
+static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *X, int n, float *Y) {
     int inter = gate->rows;
-    state_matvec(s, s->eh, gate, x);
-    state_matvec(s, s->eu, up, x);
-    for (int i = 0; i < inter; i++) s->eh[i] = silu(s->eh[i]) * s->eu[i];
-    state_matvec(s, y, down, s->eh);
+    state_matmul(s, s->eh, gate, X, n);
+    state_matmul(s, s->eu, up, X, n);
+    for (size_t i = 0; i < (size_t)n * inter; i++) s->eh[i] = silu(s->eh[i]) * s->eu[i];
+    state_matmul(s, Y, down, s->eh, n);
 }
 
 /* Indices of the k largest p (ties: lower index first, as a stable sort would), in descending order. */
@@ -26,56 +32,110 @@ static void top_k(const float *p, int n, int k, int *ids) {
     }
 }
 
-int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out, char *err, size_t errlen) {
+/* p = softmax(router(x)) per row; top-k; weights renormalised to sum to 1 */
+static void route(state *s, const layer_weights *w, const float *xn, int T) {
+    int E = s->m->cfg.n_experts, K = s->m->top_k;
+    state_matmul(s, s->router, &w->router, xn, T);
+    for (int t = 0; t < T; t++) {
+        float *p = s->router + (size_t)t * E, maxl = -INFINITY, sum = 0.0f, wsum = 0.0f;
+        int *ids = s->topk_id + (size_t)t * K;
+        float *wt = s->topk_w + (size_t)t * K;
+        for (int e = 0; e < E; e++) maxl = p[e] > maxl ? p[e] : maxl;
+        for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - maxl));
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        top_k(p, E, K, ids);
+        for (int j = 0; j < K; j++) wsum += p[ids[j]];
+        for (int j = 0; j < K; j++) wt[j] = p[ids[j]] / wsum;
+    }
+}
+
+/* The rows of the chunk routed to expert e, and their weights, into slot b of the batch. */
+static int gather_rows(state *s, int e, int T, int b) {
+    int K = s->m->top_k, n = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < K; j++)
+            if (s->topk_id[(size_t)t * K + j] == e) {
+                s->expert_rows[(size_t)b * s->chunk + n] = t;
+                s->expert_w[(size_t)b * s->chunk + n] = s->topk_w[(size_t)t * K + j];
+                n++;
+            }
+    return n;
+}
+
+/* The next batch of at most K experts (ascending ids, from expert *next on) with their rows; its size. */
+static int next_batch(state *s, int T, int *next) {
+    int E = s->m->cfg.n_experts, K = s->m->top_k, nb = 0;
+    for (; *next < E && nb < K; ++*next) {
+        if (!s->expert_n[*next]) continue;
+        gather_rows(s, *next, T, nb);
+        s->batch_ids[nb++] = *next;
+    }
+    return nb;
+}
+
+/* Computes each expert of the batch (reads started by experts_begin) on its rows as it arrives, then
+ * adds the weighted outputs into out in ascending expert order. */
+static int finish_batch(state *s, int layer, const float *xn, int nb, float *out, double *t, char *err,
+                        size_t errlen) {
     const model *m = s->m;
-    int E = m->cfg.n_experts, K = m->top_k, H = m->cfg.hidden_size;
-
-    double t = state_clock(s);
-    /* p = softmax(router(x)); top-k; weights renormalised to sum to 1 */
-    float *p = s->router;
-    state_matvec(s, p, &w->router, xn);
-    float maxl = -INFINITY, sum = 0.0f;
-    for (int e = 0; e < E; e++) maxl = p[e] > maxl ? p[e] : maxl;
-    for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - maxl));
-    for (int e = 0; e < E; e++) p[e] /= sum;
-    top_k(p, E, K, s->topk_id);
-    float wsum = 0.0f;
-    for (int j = 0; j < K; j++) wsum += p[s->topk_id[j]];
-    for (int j = 0; j < K; j++) s->topk_w[j] = p[s->topk_id[j]] / wsum;
-
-    state_tick(s, layer, T_ROUTING, &t);
-    /* start reading the routed experts, then compute the shared expert while they arrive */
-    if (experts_begin(m->experts, layer, s->topk_id, K, err, errlen)) return -1;
-    state_tick(s, layer, T_IO_WAIT, &t);
-    float sg;
-    state_matvec(s, &sg, &w->sh_expert_gate, xn);
-    swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, s->eo);
-    state_tick(s, layer, T_EXPERTS, &t);
-
-    /* routed experts, each computed as soon as its weights are in memory, into its own row */
-    int j, rc;
+    int H = m->cfg.hidden_size, C = s->chunk, i, rc;
     expert_view v;
-    while ((rc = experts_next(m->experts, &j, &v, err, errlen)) == 1) {
-        state_tick(s, layer, T_IO_WAIT, &t);
-        swiglu_mlp(s, &v.gate, &v.up, &v.down, xn, s->expert_out + (size_t)j * H);
-        state_tick(s, layer, T_EXPERTS, &t);
+    while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) {
+        state_tick(s, layer, T_IO_WAIT, t);
+        int n = s->expert_n[s->batch_ids[i]];
+        const int *rows = s->expert_rows + (size_t)i * C;
+        for (int r = 0; r < n; r++) memcpy(s->xe + (size_t)r * H, xn + (size_t)rows[r] * H, sizeof(float) * H);
+        swiglu_mlp(s, &v.gate, &v.up, &v.down, s->xe, n, s->expert_out + (size_t)i * C * H);
+        state_tick(s, layer, T_EXPERTS, t);
     }
     experts_end(m->experts);
-    state_tick(s, layer, T_IO_WAIT, &t);
+    state_tick(s, layer, T_IO_WAIT, t);
     if (rc) return rc;
+    for (int b = 0; b < nb; b++) {
+        int n = s->expert_n[s->batch_ids[b]];
+        for (int r = 0; r < n; r++) {
+            float wt = s->expert_w[(size_t)b * C + r];
+            const float *y = s->expert_out + ((size_t)b * C + r) * H;
+            float *o = out + (size_t)s->expert_rows[(size_t)b * C + r] * H;
+            for (int k = 0; k < H; k++) o[k] += wt * y[k];
+        }
+    }
+    return 0;
+}
 
-    /* out = sum_j w_j * expert_j(x) + sigmoid(shared_expert_gate(x)) * shared(x), summed in ascending
-     * expert order whatever order the reads completed in: results do not depend on I/O timing */
-    memset(out, 0, sizeof(float) * (size_t)H);
-    for (int e = 0, done = 0; done < K && e < E; e++)
-        for (int jj = 0; jj < K; jj++)
-            if (s->topk_id[jj] == e) {
-                const float *y = s->expert_out + (size_t)jj * H;
-                for (int i = 0; i < H; i++) out[i] += s->topk_w[jj] * y[i];
-                done++;
-            }
-    float g = sigmoid(sg);
-    for (int i = 0; i < H; i++) out[i] += g * s->eo[i];
+int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out, char *err,
+                size_t errlen) {
+    const model *m = s->m;
+    int E = m->cfg.n_experts, K = m->top_k, H = m->cfg.hidden_size;
+    double t = state_clock(s);
+    route(s, w, xn, T);
+    for (int e = 0; e < E; e++) s->expert_n[e] = 0;
+    for (int j = 0; j < T * K; j++) s->expert_n[s->topk_id[j]]++;
+    state_tick(s, layer, T_ROUTING, &t);
+
+    /* start reading the first batch of routed experts, and compute the shared expert (gated by
+     * sigmoid(shared_expert_gate(x))) while they arrive */
+    int next = 0, nb = next_batch(s, T, &next);
+    if (nb && experts_begin(m->experts, layer, s->batch_ids, nb, err, errlen)) return -1;
+    state_tick(s, layer, T_IO_WAIT, &t);
+    state_matmul(s, s->sg, &w->sh_expert_gate, xn, T);
+    swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, T, s->sh);
+    state_tick(s, layer, T_EXPERTS, &t);
+
+    /* out = sum over experts (ascending) of w * expert(x), in batches of at most K experts */
+    memset(out, 0, sizeof(float) * (size_t)T * H);
+    while (nb) {
+        if (finish_batch(s, layer, xn, nb, out, &t, err, errlen)) return -1;
+        if ((nb = next_batch(s, T, &next)) && experts_begin(m->experts, layer, s->batch_ids, nb, err, errlen))
+            return -1;
+        state_tick(s, layer, T_IO_WAIT, &t);
+    }
+
+    /* + sigmoid(shared_expert_gate(x)) * shared_expert(x) */
+    for (int r = 0; r < T; r++) {
+        float g = sigmoid(s->sg[r]);
+        for (int k = 0; k < H; k++) out[(size_t)r * H + k] += g * s->sh[(size_t)r * H + k];
+    }
     state_tick(s, layer, T_EXPERTS, &t);
     return 0;
 }

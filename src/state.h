@@ -21,13 +21,22 @@ struct state {
     /* linear-attention layers: the last (kernel - 1) conv inputs [kernel - 1][conv_dim], and the recurrent
      * state S [Hv][dk][dv] */
     float **conv_state, **rec_state;
-    /* scratch, sized once */
-    float *x, *xn, *mix; /* [H]: residual stream, normed input, mixer / MoE output */
-    float *qg, *q, *k, *v, *att, *scores;
-    float *qkv, *z, *beta, *decay, *o;
-    float *router, *topk_w, *eh, *eu, *eo;
-    float *expert_out; /* [n_experts][H]: each selected expert's output, summed in a fixed order */
-    int *topk_id;
+    /* scratch for up to `chunk` positions at once (prompts run in chunks; decoding is a chunk of 1),
+     * sized once: row-major [chunk][...] */
+    int chunk;
+    float *x, *xn, *mix;    /* [chunk][H]: residual stream, normed input, mixer / MoE output */
+    float *qg, *q, *att;    /* [chunk][heads * head_dim * 2], [heads * head_dim], [chunk][heads * head_dim] */
+    float *scores;          /* [max_ctx] */
+    float *qkv, *z, *beta, *decay, *o; /* [chunk][conv_dim], [chunk][value_dim], [chunk][Hv] x2, [chunk][value_dim] */
+    float *router, *topk_w; /* [chunk][E], [chunk][K] */
+    int *topk_id;           /* [chunk][K] */
+    float *sg, *sh;         /* shared expert: [chunk] gate logits, [chunk][H] output */
+    float *xe, *eh, *eu;    /* one expert's tokens: [chunk][H] gathered inputs, [chunk][inter] x2 */
+    float *expert_out;      /* [K][chunk][H]: outputs of a batch of experts, summed in ascending expert order */
+    int *expert_rows;       /* [K][chunk]: which rows of the chunk each expert of the batch takes */
+    float *expert_w;        /* [K][chunk]: their routing weights */
+    int *expert_n;          /* [E]: rows routed to each expert in this chunk */
+    int *batch_ids;         /* [K] */
 };
 
 static inline double state_clock(const state *s) { return s->timing ? util_now_seconds() : 0.0; }
@@ -39,18 +48,18 @@ static inline void state_tick(state *s, int l, int b, double *t) {
     *t = now;
 }
 
-/* y = W x on the model's thread pool */
-static inline void state_matvec(const state *s, float *y, const qmat *w, const float *x) {
-    kernel_matvec_mt(s->m->pool, y, w, x);
-}
+/* Y[T][rows] = X[T][cols] W^T on the model's thread pool (T = 1: a matrix-vector product) */
+void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T);
 
 /* y = x * rsqrt(mean(x^2) + eps) * w, over n values (w already holds (1 + w) for zero-centred norms) */
 void rmsnorm(float *y, const float *x, const float *w, int n, float eps);
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-void attention_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out);
-void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out);
-int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, float *out, char *err, size_t errlen);
+/* The layer functions take T consecutive positions starting at s->pos: xn and out are [T][H]. */
+void attention_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out);
+void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out);
+int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out, char *err,
+                size_t errlen);
 
 #endif

@@ -51,11 +51,11 @@ static int reference_load(reference *r, const char *dir) {
 }
 
 /* Logits of every prompt position, one token per call, against transformers' full-sequence forward. */
-static void check_logits(const char *dir, int threads) {
+static void check_logits(const char *dir, int threads, int chunk) {
     reference r;
     if (reference_load(&r, dir)) return;
     char err[1024];
-    model_opts o = {.threads = threads};
+    model_opts o = {.threads = threads, .prefill_chunk = chunk};
     model *m = model_load(dir, &o, err, sizeof err);
     CHECK(m != NULL, "%s", err);
     if (!m) return;
@@ -75,7 +75,8 @@ static void check_logits(const char *dir, int threads) {
     CHECK(max_diff <= 1e-4f * max_ref, "%s: max |logit - ref| = %g at position %d token %d (ours %g, ref %g), "
           "bound %g", dir, max_diff, worst / r.vocab, worst % r.vocab, logits[worst], r.logits[worst],
           1e-4 * max_ref);
-    printf("  %s (threads %d): max |diff| %.3g, max |ref| %.3g\n", dir, threads, max_diff, max_ref);
+    printf("  %s (threads %d, prompt chunk %d): max |diff| %.3g, max |ref| %.3g\n", dir, threads, chunk, max_diff,
+           max_ref);
     free(logits);
     free(r.logits);
     state_free(s);
@@ -118,11 +119,18 @@ static void check_greedy(const char *dir) {
 }
 
 static void test_logits_match_transformers(void) {
-    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 1);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 1, 0);
 }
 
 static void test_logits_match_transformers_threaded(void) {
-    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 2);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 2, 0);
+}
+
+/* The prompt in chunks of 1 (token by token), 7 (chunks that do not divide it) and 64 (one chunk). */
+static void test_logits_any_prompt_chunk(void) {
+    int chunks[] = {1, 7, 64};
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        for (int c = 0; c < 3; c++) check_logits(fixtures[i], 1, chunks[c]);
 }
 
 static void test_greedy_matches_transformers(void) {
@@ -190,6 +198,7 @@ static void test_context_full_and_bad_token(void) {
 int main(void) {
     RUN_TEST(test_logits_match_transformers);
     RUN_TEST(test_logits_match_transformers_threaded);
+    RUN_TEST(test_logits_any_prompt_chunk);
     RUN_TEST(test_greedy_matches_transformers);
     RUN_TEST(test_fewer_experts_per_token);
     RUN_TEST(test_context_full_and_bad_token);
