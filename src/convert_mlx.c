@@ -446,6 +446,7 @@ static dtype plan_quantized(const char *name, int rows, int cols, const convert_
 static int plan_tensor(const checkpoint *ck, const mlx_quant *mq, const convert_opts *o, int shifted,
                        const st_file *f, const st_tensor *t, res_plan *p, int *skip, char *err, size_t errlen) {
     *skip = 0;
+    memset(p, 0, sizeof *p);
     int r = resident_name(ck, t->name, p->out_name, sizeof p->out_name);
     if (r < 0) {
         snprintf(err, errlen, "%s: tensor name '%s' is too long", f->path, t->name);
