@@ -328,7 +328,7 @@ int cmd_bench(int argc, char **argv) {
     } else {
         printf("model %s, threads %d, --io %s%s%s\n", ea.dir, ea.mo.threads ? ea.mo.threads : 1, st.mode,
                cap_mb ? ", cap " : "", cap_mb ? "on" : "");
-        printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (token by token)\n", n_prompt, pm, psd);
+        printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (chunks of %d)\n", n_prompt, pm, psd, m->prefill_chunk);
         printf("decode   %6d tokens: %8.2f ± %.2f tok/s\n", n_gen, dm, dsd);
         printf("per token: %.1f MB from disk (block reads; %.1f MB of experts read), %.1f MB from memory\n",
                disk_bytes / 1e6, expert_bytes / 1e6, mem_bytes / 1e6);
