@@ -63,6 +63,9 @@ static inline void experts_free(expert_source *s) {
  * through the mapping. Every expert's shapes and dtypes are checked here, at load. */
 expert_source *experts_open_mapped(const checkpoint *ck, const model_config *c, char *err, size_t errlen);
 
+/* The expert files of a packed directory, mapped: the page cache holds what stays in memory. */
+expert_source *experts_open_mapped_packed(const char *dir, const model_config *c, char *err, size_t errlen);
+
 /* Locating every expert of a checkpoint (for the streaming source): views into the mapping, from which
  * file offsets follow. table is [n_layers * n_experts]. */
 int experts_table_build(expert_view *table, const checkpoint *ck, const model_config *c, char *err, size_t errlen);

@@ -1,9 +1,14 @@
 /* Expert source over a mapped HF checkpoint: every expert is a set of views into the safetensors. */
 #include <stdio.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "experts.h"
+#include "packed.h"
 
 typedef struct {
     expert_source base;
@@ -11,6 +16,8 @@ typedef struct {
     expert_view *table; /* [n_layers * n_experts] */
     const int *ids;     /* of the layer in progress */
     int layer, n, next;
+    void **maps;        /* packed directories: each layer's expert file, mapped */
+    size_t *map_bytes;
 } mapped_source;
 
 static int mapped_begin(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
@@ -48,6 +55,10 @@ static void mapped_stats(const expert_source *s, experts_stats *out) {
 
 static void mapped_free(expert_source *s) {
     mapped_source *m = (mapped_source *)s;
+    for (int l = 0; m->maps && l < m->n_layers; l++)
+        if (m->maps[l]) munmap(m->maps[l], m->map_bytes[l]);
+    free(m->maps);
+    free(m->map_bytes);
     free(m->table);
     free(m);
 }
@@ -113,4 +124,49 @@ int experts_table_build(expert_view *table, const checkpoint *ck, const model_co
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(table + (size_t)l * c->n_experts, ck, c, l, err, errlen)) return -1;
     return 0;
+}
+
+expert_source *experts_open_mapped_packed(const char *dir, const model_config *c, char *err, size_t errlen) {
+    packed_manifest pm;
+    if (packed_manifest_load(&pm, dir, err, errlen)) return NULL;
+    mapped_source *m = calloc(1, sizeof *m);
+    if (m) {
+        m->base.ops = &mapped_ops;
+        m->n_layers = c->n_layers;
+        m->n_experts = c->n_experts;
+        m->table = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *m->table);
+        m->maps = calloc((size_t)c->n_layers, sizeof *m->maps);
+        m->map_bytes = calloc((size_t)c->n_layers, sizeof *m->map_bytes);
+    }
+    if (!m || !m->table || !m->maps || !m->map_bytes) {
+        snprintf(err, errlen, "%s: out of memory for the expert table", dir);
+        goto bad;
+    }
+    if (pm.n_layers != c->n_layers || pm.n_experts != c->n_experts || pm.layout.hidden != c->hidden_size ||
+        pm.layout.inter != c->expert_inter) {
+        snprintf(err, errlen, "%s/%s: experts disagree with config.json", dir, PACKED_MANIFEST);
+        goto bad;
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        char path[4096];
+        packed_expert_path(path, sizeof path, dir, l);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        m->map_bytes[l] = PACKED_HEADER_BYTES + (size_t)pm.n_experts * pm.layout.record_bytes;
+        void *map = fd < 0 ? MAP_FAILED : mmap(NULL, m->map_bytes[l], PROT_READ, MAP_SHARED, fd, 0);
+        if (fd >= 0) close(fd);
+        if (map == MAP_FAILED) {
+            snprintf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
+            goto bad;
+        }
+        m->maps[l] = map;
+        for (int e = 0; e < c->n_experts; e++) {
+            expert_view *v = &m->table[(size_t)l * c->n_experts + e];
+            packed_expert_views(&pm.layout, (char *)map + PACKED_HEADER_BYTES + (size_t)e * pm.layout.record_bytes,
+                                &v->gate, &v->up, &v->down);
+        }
+    }
+    return &m->base;
+bad:
+    if (m) mapped_free(&m->base);
+    return NULL;
 }

@@ -147,11 +147,8 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
     if (load_weights(&ld)) goto bad;
     experts_io_mode io = opts ? opts->io : EXPERTS_IO_CACHE;
     if (io == EXPERTS_IO_MMAP) {
-        if (packed_is_dir(dir)) {
-            snprintf(err, errlen, "%s: --io mmap reads HF checkpoints only; packed experts use cache or direct", dir);
-            goto bad;
-        }
-        m->experts = experts_open_mapped(&m->ck, &m->cfg, err, errlen);
+        m->experts = packed_is_dir(dir) ? experts_open_mapped_packed(dir, &m->cfg, err, errlen)
+                                        : experts_open_mapped(&m->ck, &m->cfg, err, errlen);
     } else {
         experts_stream_opts so = {.mode = io, .cache_bytes = opts ? opts->cache_bytes : 0,
                                   .uring = !(opts && opts->io_threads_only), .top_k = m->top_k};

@@ -14,7 +14,7 @@ P=$(json_ids $B/ref/ref.json prompt_ids)
 $BIN convert $B "$T/b16" --experts bf16 --quiet
 $BIN logits -m $B --tokens "$P" -o "$T/hf.f32" && $BIN logits -m "$T/b16" --tokens "$P" -o "$T/packed.f32"
 if cmp -s "$T/hf.f32" "$T/packed.f32"; then pass convert_bf16_logits_identical; else fail convert_bf16_logits_identical; fi
-for io in cache direct; do
+for io in cache direct mmap; do
     $BIN logits -m "$T/b16" --tokens "$P" -o "$T/io.f32" --io $io --cache-mb 1
     if cmp -s "$T/hf.f32" "$T/io.f32"; then pass packed_io_$io; else fail packed_io_$io; fi
 done
