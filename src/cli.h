@@ -31,7 +31,7 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     "  -t, --threads N            threads (default 1)\n"                                     \
     "  --ctx N                    context length to allocate (default 4096)\n"              \
     "  --io cache|direct|mmap     expert reads: page cache (default), O_DIRECT with an in-process\n" \
-    "                             LRU cache of --cache-mb MiB, or mapped (HF checkpoints only)\n"    \
+    "                             LRU cache of --cache-mb MiB, or mapped (in RAM)\n"    \
     "  --cache-mb N               expert cache budget for --io direct (default 0)\n"              \
     "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
     "  --prefill-chunk N          prompt positions run together, each expert read once per chunk (64)\n" \
