@@ -1,6 +1,6 @@
 # flashmoe: plain Makefile. `make` builds build/flashmoe, `make test` builds and runs the tests.
 CC      ?= gcc
-CFLAGS  ?= -O2 -g
+CFLAGS  ?= -O2 -g -fvect-cost-model=dynamic
 CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -Isrc
 LDLIBS  := -lcjson -lpcre2-8 -lutf8proc -luring -ledit -lpthread -lm
 

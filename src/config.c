@@ -178,6 +178,11 @@ static int parse_text_config(model_config *c, const cJSON *t, const char *path, 
                  path, c->n_heads, c->n_kv_heads, c->lin_k_heads, c->lin_v_heads, c->top_k, c->n_experts);
         return -1;
     }
+    if (c->lin_v_dim > 1024) {
+        snprintf(err, errlen, "%s: linear_value_head_dim %d is larger than this build supports (1024)", path,
+                 c->lin_v_dim);
+        return -1;
+    }
     if (parse_rope(c, t, path, err, errlen)) return -1;
     return parse_layer_types(c, t, path, err, errlen);
 }

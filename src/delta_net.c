@@ -4,6 +4,8 @@
 
 #include "state.h"
 
+#define DELTA_MAX_DV 1024 /* value head dims up to this (Qwen3.5: 128) */
+
 /* torch.nn.functional.softplus (beta 1, threshold 20) */
 static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
@@ -30,13 +32,61 @@ static void causal_conv_silu(float *x, float *conv_state, const float *weight, i
     }
 }
 
+typedef struct {
+    state *s;
+    int layer;
+    const layer_weights *w;
+    const float *q, *k, *v, *z, *b, *a;
+    float *o;
+} delta_heads;
+
+/* The recurrence of value head h for one position, then its gated norm. */
+static void delta_head_task(void *ctx, int h, int n_heads) {
+    (void)n_heads;
+    const delta_heads *j = ctx;
+    const model_config *c = &j->s->m->cfg;
+    int dk = c->lin_k_dim, dv = c->lin_v_dim, r = c->lin_v_heads / c->lin_k_heads;
+    /* beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias); decay = exp(g) */
+    float beta = sigmoid(j->b[h]);
+    float decay = expf(j->w->neg_A[h] * softplus(j->a[h] + j->w->dt_bias[h]));
+    const float *qh = j->q + (size_t)(h / r) * dk, *kh = j->k + (size_t)(h / r) * dk, *vh = j->v + (size_t)h * dv;
+    float *restrict S = j->s->rec_state[j->layer] + (size_t)h * dk * dv; /* [dk][dv], row i: key dim i */
+    float *restrict oh = j->o + (size_t)h * dv;
+    float u[DELTA_MAX_DV];
+    /* S = decay * S and u = S^T k, in one pass over the rows of S */
+    for (int jj = 0; jj < dv; jj++) u[jj] = 0.0f;
+    for (int i = 0; i < dk; i++) {
+        float *restrict Si = S + (size_t)i * dv, ki = kh[i];
+        for (int jj = 0; jj < dv; jj++) {
+            Si[jj] *= decay;
+            u[jj] += ki * Si[jj];
+        }
+    }
+    /* delta = beta (v - u); S += k delta^T and o = S^T q, in a second pass */
+    for (int jj = 0; jj < dv; jj++) {
+        u[jj] = beta * (vh[jj] - u[jj]);
+        oh[jj] = 0.0f;
+    }
+    for (int i = 0; i < dk; i++) {
+        float *restrict Si = S + (size_t)i * dv, ki = kh[i], qi = qh[i];
+        for (int jj = 0; jj < dv; jj++) {
+            Si[jj] += ki * u[jj];
+            oh[jj] += qi * Si[jj];
+        }
+    }
+    /* gated norm: w * rmsnorm(o) * silu(z), plain weight */
+    const float *zh = j->z + (size_t)h * dv;
+    rmsnorm(oh, oh, j->w->gdn_norm, dv, c->norm_eps);
+    for (int jj = 0; jj < dv; jj++) oh[jj] *= silu(zh[jj]);
+}
+
 /* One position: conv, normalisation, gates and the recurrence for every value head, then the gated
  * norm; qkv [conv_dim] is replaced by the conv output, o [value_dim] receives the result. */
 static void delta_net_step(state *s, int layer, const layer_weights *w, float *qkv, const float *z,
                            const float *b, const float *a, float *o) {
     const model_config *c = &s->m->cfg;
     int Hk = c->lin_k_heads, Hv = c->lin_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
-    int key_dim = Hk * dk, conv_dim = 2 * key_dim + Hv * dv, r = Hv / Hk;
+    int key_dim = Hk * dk, conv_dim = 2 * key_dim + Hv * dv;
 
     causal_conv_silu(qkv, s->conv_state[layer], w->conv_w, conv_dim, c->conv_kernel);
     float *q = qkv, *k = qkv + key_dim, *v = qkv + 2 * key_dim;
@@ -49,32 +99,8 @@ static void delta_net_step(state *s, int layer, const layer_weights *w, float *q
         for (int i = 0; i < dk; i++) q[(size_t)h * dk + i] *= qscale;
     }
 
-    for (int h = 0; h < Hv; h++) {
-        /* beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias); decay = exp(g) */
-        float beta = sigmoid(b[h]);
-        float decay = expf(w->neg_A[h] * softplus(a[h] + w->dt_bias[h]));
-        const float *qh = q + (size_t)(h / r) * dk, *kh = k + (size_t)(h / r) * dk, *vh = v + (size_t)h * dv;
-        float *S = s->rec_state[layer] + (size_t)h * dk * dv; /* [dk][dv] */
-        float *oh = o + (size_t)h * dv;
-        /* S = decay * S; u = S^T k; S += k (beta (v - u))^T; o = S^T q. Column j of S depends only on
-         * column j, so the three steps run column by column. */
-        for (size_t i = 0; i < (size_t)dk * dv; i++) S[i] *= decay;
-        for (int j = 0; j < dv; j++) {
-            float uj = 0.0f;
-            for (int i = 0; i < dk; i++) uj += S[(size_t)i * dv + j] * kh[i];
-            float delta = beta * (vh[j] - uj);
-            float oj = 0.0f;
-            for (int i = 0; i < dk; i++) {
-                S[(size_t)i * dv + j] += kh[i] * delta;
-                oj += S[(size_t)i * dv + j] * qh[i];
-            }
-            oh[j] = oj;
-        }
-        /* gated norm: w * rmsnorm(o) * silu(z), plain weight */
-        const float *zh = z + (size_t)h * dv;
-        rmsnorm(oh, oh, w->gdn_norm, dv, c->norm_eps);
-        for (int j = 0; j < dv; j++) oh[j] *= silu(zh[j]);
-    }
+    delta_heads job = {s, layer, w, q, k, v, z, b, a, o};
+    pool_run(s->m->pool, delta_head_task, &job, Hv);
 }
 
 void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out) {

@@ -193,6 +193,7 @@ static int forward_chunk(model *m, state *s, const int32_t *tokens, int T, float
         for (int r = 0; r < T; r++) rmsnorm(xn + (size_t)r * H, x + (size_t)r * H, w->post_norm, H, c->norm_eps);
         state_tick(s, l, T_OTHER, &t);
         if (moe_forward(s, l, w, xn, T, mix, err, errlen)) return -1; /* ticks its own buckets */
+        t = state_clock(s);
         for (size_t i = 0; i < (size_t)T * H; i++) x[i] += mix[i];
         state_tick(s, l, T_OTHER, &t);
     }
