@@ -102,7 +102,8 @@ static double measure_disk_bw(const char *dir, const model *m, size_t budget, ch
     int batch = m->top_k;
     expert_io_config cfg = {.backend = EXPERT_IO_URING, .mode = EXPERT_IO_DIRECT, .max_requests = batch, .quiet = 1};
     expert_io *io = expert_io_create(&cfg, err, errlen);
-    void *buf = aligned_alloc(4096, rec * (size_t)batch);
+    size_t buf_bytes = rec * (size_t)(batch < 64 ? batch : 64);
+    void *buf = expert_io_buffer_alloc(buf_bytes); /* huge pages, as the expert cache uses */
     int *fds = calloc((size_t)pm.n_layers, sizeof(int));
     double bw = -1;
     if (!io || !buf || !fds) goto out;
@@ -130,7 +131,7 @@ static double measure_disk_bw(const char *dir, const model *m, size_t budget, ch
     bw = done / (util_now_seconds() - t0);
 out:
     expert_io_free(io);
-    free(buf);
+    expert_io_buffer_free(buf);
     free(fds);
     return bw;
 }
