@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,4 +110,35 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
         return 0;
     }
     return 1;
+}
+
+int cli_sampler_arg(const char *cmd, sampler_params *sp, int *seed_given, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    static const struct {
+        const char *flag;
+        double lo, hi;
+        size_t offset;
+    } floats[] = {
+        {"--temp", 0, 100, offsetof(sampler_params, temperature)},
+        {"--top-p", 0, 1, offsetof(sampler_params, top_p)},
+        {"--min-p", 0, 1, offsetof(sampler_params, min_p)},
+        {"--repeat-penalty", 1e-6, 100, offsetof(sampler_params, repeat_penalty)},
+        {"--presence-penalty", -100, 100, offsetof(sampler_params, presence_penalty)},
+        {"--frequency-penalty", -100, 100, offsetof(sampler_params, frequency_penalty)},
+    };
+    for (size_t k = 0; k < sizeof floats / sizeof floats[0]; k++)
+        if (!strcmp(a, floats[k].flag)) {
+            float *dst = (float *)((char *)sp + floats[k].offset);
+            return !(v = cli_value(cmd, argc, argv, i)) || cli_float(cmd, a, v, floats[k].lo, floats[k].hi, dst) ? -1 : 1;
+        }
+    if (!strcmp(a, "--top-k"))
+        return !(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 0, 1 << 30, &sp->top_k) ? -1 : 1;
+    if (!strcmp(a, "--seed")) {
+        int seed;
+        if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 0, 2147483647, &seed)) return -1;
+        sp->seed = (uint64_t)seed;
+        if (seed_given) *seed_given = 1;
+        return 1;
+    }
+    return 0;
 }

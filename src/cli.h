@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "sampler.h"
 
 /* argv[*i] is a flag taking a value: advances *i and returns the value, or NULL (error printed). */
 const char *cli_value(const char *cmd, int argc, char **argv, int *i);
@@ -21,6 +22,11 @@ typedef struct {
     int ctx;
     int timing;
 } engine_args;
+
+/* The sampling options of run and chat: --temp, --top-k, --top-p, --min-p, --repeat-penalty,
+ * --presence-penalty, --frequency-penalty, --seed. 1 if argv[*i] was one (consumed; *seed_given set for
+ * --seed), 0 if not, -1 on error (printed). */
+int cli_sampler_arg(const char *cmd, sampler_params *sp, int *seed_given, int argc, char **argv, int *i);
 
 /* 1 if argv[*i] was one of them (consumed, with its value), 0 if not, -1 on error (printed). */
 int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int *i);

@@ -722,6 +722,10 @@ static int chat_parse(chat_opts *o, int argc, char **argv) {
             o->ctx = ea.ctx;
             continue;
         }
+        int seed_given = o->seed_given;
+        if ((r = cli_sampler_arg(cmd, &o->sp, &seed_given, argc, argv, &i)) < 0) return -1;
+        o->seed_given = seed_given;
+        if (r > 0) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             return 1;
         } else if (!strcmp(a, "-n")) {
@@ -751,25 +755,6 @@ static int chat_parse(chat_opts *o, int argc, char **argv) {
                 fprintf(stderr, "flashmoe chat: --template is qwen3.5 or qwen3, got '%s'\n", v);
                 return -1;
             }
-        } else if (!strcmp(a, "--temp")) {
-            if (!VALUE() || cli_float(cmd, a, v, 0, 100, &o->sp.temperature)) return -1;
-        } else if (!strcmp(a, "--top-k")) {
-            if (!VALUE() || cli_int(cmd, a, v, 0, 1 << 30, &o->sp.top_k)) return -1;
-        } else if (!strcmp(a, "--top-p")) {
-            if (!VALUE() || cli_float(cmd, a, v, 0, 1, &o->sp.top_p)) return -1;
-        } else if (!strcmp(a, "--min-p")) {
-            if (!VALUE() || cli_float(cmd, a, v, 0, 1, &o->sp.min_p)) return -1;
-        } else if (!strcmp(a, "--repeat-penalty")) {
-            if (!VALUE() || cli_float(cmd, a, v, 1e-6, 100, &o->sp.repeat_penalty)) return -1;
-        } else if (!strcmp(a, "--presence-penalty")) {
-            if (!VALUE() || cli_float(cmd, a, v, -100, 100, &o->sp.presence_penalty)) return -1;
-        } else if (!strcmp(a, "--frequency-penalty")) {
-            if (!VALUE() || cli_float(cmd, a, v, -100, 100, &o->sp.frequency_penalty)) return -1;
-        } else if (!strcmp(a, "--seed")) {
-            int seed;
-            if (!VALUE() || cli_int(cmd, a, v, 0, 2147483647, &seed)) return -1;
-            o->sp.seed = (uint64_t)seed;
-            o->seed_given = true;
         } else {
             fprintf(stderr, "flashmoe chat: unknown option '%s' (see flashmoe chat --help)\n", a);
             return -1;

@@ -79,6 +79,8 @@ static int run_parse(run_args *ra, int argc, char **argv) {
         int r = cli_engine_arg(cmd, &ra->ea, argc, argv, &i);
         if (r < 0) return -1;
         if (r > 0) continue;
+        if ((r = cli_sampler_arg(cmd, &ra->sp, NULL, argc, argv, &i)) < 0) return -1;
+        if (r > 0) continue;
 #define VAL() (v = cli_value(cmd, argc, argv, &i))
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             run_usage(stdout);
@@ -106,24 +108,6 @@ static int run_parse(run_args *ra, int argc, char **argv) {
                 return -1;
             }
             ra->stops[ra->n_stops++] = v;
-        } else if (!strcmp(a, "--temp")) {
-            if (!VAL() || cli_float(cmd, a, v, 0, 100, &ra->sp.temperature)) return -1;
-        } else if (!strcmp(a, "--top-k")) {
-            if (!VAL() || cli_int(cmd, a, v, 0, 1 << 30, &ra->sp.top_k)) return -1;
-        } else if (!strcmp(a, "--top-p")) {
-            if (!VAL() || cli_float(cmd, a, v, 0, 1, &ra->sp.top_p)) return -1;
-        } else if (!strcmp(a, "--min-p")) {
-            if (!VAL() || cli_float(cmd, a, v, 0, 1, &ra->sp.min_p)) return -1;
-        } else if (!strcmp(a, "--repeat-penalty")) {
-            if (!VAL() || cli_float(cmd, a, v, 1e-6, 100, &ra->sp.repeat_penalty)) return -1;
-        } else if (!strcmp(a, "--presence-penalty")) {
-            if (!VAL() || cli_float(cmd, a, v, -100, 100, &ra->sp.presence_penalty)) return -1;
-        } else if (!strcmp(a, "--frequency-penalty")) {
-            if (!VAL() || cli_float(cmd, a, v, -100, 100, &ra->sp.frequency_penalty)) return -1;
-        } else if (!strcmp(a, "--seed")) {
-            int seed;
-            if (!VAL() || cli_int(cmd, a, v, 0, 2147483647, &seed)) return -1;
-            ra->sp.seed = (uint64_t)seed;
         } else {
             fprintf(stderr, "flashmoe run: unknown option '%s' (see flashmoe run --help)\n", a);
             return -1;
