@@ -48,6 +48,7 @@ typedef struct {
     int think_budget; /* < 0: none */
     const char *system;
     int max_tokens;
+    bool no_reuse; /* run the whole conversation every turn */
     bool thinking, hide_think;
     chat_template_flavor flavor;
     const char *stops[CHAT_MAX_STOPS];
@@ -83,6 +84,12 @@ typedef struct {
     /* the tokens the state has run, in order */
     int32_t *ctx_tokens;
     int n_ctx;
+    /* a copy of the state after the conversation's history (everything before the generation prompt of
+     * the last turn), with its tokens: the next turn resumes from it, since the template re-renders
+     * earlier answers without their thinking and the live state therefore is not a prefix */
+    state *saved;
+    int32_t *saved_tokens;
+    int n_saved;
     /* the tokens generated in the current turn (including a last one that was not run) */
     int32_t *gen_ids;
     int n_gen;
@@ -308,6 +315,22 @@ static void chat_reset_state(chat *c) {
     c->n_ctx = 0;
 }
 
+/* Tokens of the conversation rendered without the generation prompt, if they are a prefix of ids
+ * (special tokens split the text at every turn, so they should be); 0 otherwise. */
+static int chat_history_tokens(chat *c, const int32_t *ids, int n_ids) {
+    char *text = NULL;
+    size_t len, n = 0;
+    int32_t *hist = NULL;
+    if (chat_template_render(c->o.flavor, c->conv.msgs, c->conv.n, false, c->o.thinking, &text, &len) !=
+        CHAT_TEMPLATE_OK)
+        return 0;
+    int enc = tokenizer_encode(c->tok, text, len, 1, &hist, &n);
+    free(text);
+    int ok = !enc && (int)n < n_ids && !memcmp(hist, ids, n * sizeof *ids);
+    free(hist);
+    return ok ? (int)n : 0;
+}
+
 /* Decodes ids[0..n) into a malloc'd string (NULL on error). */
 static char *chat_decode(chat *c, const int32_t *ids, int n) {
     char *out = NULL;
@@ -344,13 +367,32 @@ static int chat_run_prompt(chat *c, turn_stats *ts) {
         free(ids);
         return -1;
     }
-    /* reuse the state when what it ran is a prefix of the prompt (and leaves a token to run) */
-    bool prefix = c->n_ctx < (int)n_ids && !memcmp(c->ctx_tokens, ids, (size_t)c->n_ctx * sizeof *ids);
-    if (!prefix) chat_reset_state(c);
+    /* reuse the state when what it ran is a prefix of the prompt (and leaves a token to run), else the
+     * saved history when that is one, else start over */
+    char err[256];
+    bool prefix = !c->o.no_reuse && c->n_ctx < (int)n_ids && !memcmp(c->ctx_tokens, ids, (size_t)c->n_ctx * sizeof *ids);
+    bool saved = !c->o.no_reuse && c->n_saved > (prefix ? c->n_ctx : 0) && c->n_saved < (int)n_ids &&
+                 !memcmp(c->saved_tokens, ids, (size_t)c->n_saved * sizeof *ids);
+    if (saved && state_copy(c->st, c->saved, err, sizeof err) == 0) {
+        memcpy(c->ctx_tokens, c->saved_tokens, (size_t)c->n_saved * sizeof *ids);
+        c->n_ctx = c->n_saved;
+    } else if (!prefix) {
+        chat_reset_state(c);
+    }
     *ts = (turn_stats){.prompt_tokens = (int)n_ids, .reused = c->n_ctx};
 
+    /* run the history, save the state there, then the generation prompt */
+    int n_hist = chat_history_tokens(c, ids, (int)n_ids);
     double t0 = util_now_seconds();
-    int r = chat_feed(c, ids + ts->reused, (int)n_ids - ts->reused, true);
+    int r = 0;
+    if (n_hist > c->n_ctx) {
+        r = chat_feed(c, ids + c->n_ctx, n_hist - c->n_ctx, true);
+        if (r == 0 && state_copy(c->saved, c->st, err, sizeof err) == 0) {
+            memcpy(c->saved_tokens, ids, (size_t)n_hist * sizeof *ids);
+            c->n_saved = n_hist;
+        }
+    }
+    if (r == 0) r = chat_feed(c, ids + c->n_ctx, (int)n_ids - c->n_ctx, true);
     ts->prompt_s = util_now_seconds() - t0;
     if (r) {
         chat_reset_state(c); /* a partly run prompt is of no use to the next turn */
@@ -556,6 +598,7 @@ static int chat_command(chat *c, const char *line) {
 #define IS(name) (cmd_len == strlen(name) && !strncmp(line, name, cmd_len))
     if (IS("/quit") || IS("/exit")) return 1;
     if (IS("/clear")) {
+        c->n_saved = 0;
         conv_clear(&c->conv);
         chat_reset_state(c);
         sampler_reset(c->smp);
@@ -691,6 +734,8 @@ static void chat_usage(FILE *f) {
             "  --no-think                 start with thinking off (/think on|off switches)\n"
             "  --think-budget N           at most N thinking tokens, then \"\\n</think>\\n\\n\" is inserted\n"
             "  --hide-think               do not show the thinking (shown faint by default)\n"
+            "  --no-reuse                 run the whole conversation again every turn instead of resuming from\n"
+            "                             the saved state (slower; the answers are the same)\n"
             "  --stop STR                 stop the answer at STR (repeatable, up to %d)\n"
             "  --template qwen3.5|qwen3   chat template flavour (default qwen3.5)\n"
             "  --temp T                   temperature, 0 = greedy (default 0.6)\n"
@@ -738,6 +783,8 @@ static int chat_parse(chat_opts *o, int argc, char **argv) {
             if (!VALUE() || cli_int(cmd, a, v, 0, 1 << 24, &o->think_budget)) return -1;
         } else if (!strcmp(a, "--hide-think")) {
             o->hide_think = true;
+        } else if (!strcmp(a, "--no-reuse")) {
+            o->no_reuse = true;
         } else if (!strcmp(a, "--stop")) {
             if (!VALUE()) return -1;
             if (!*v || o->n_stops == CHAT_MAX_STOPS) {
@@ -784,6 +831,8 @@ static void chat_close(chat *c) {
     sampler_free(c->smp);
     tokenizer_free(c->tok);
     state_free(c->st);
+    state_free(c->saved);
+    free(c->saved_tokens);
     model_free(c->m);
 }
 
@@ -806,7 +855,8 @@ static int chat_open(chat *c) {
     int model_max = c->m->cfg.max_position_embeddings;
     c->max_ctx = c->o.ctx ? c->o.ctx : CHAT_DEFAULT_CTX;
     if (model_max > 0 && c->max_ctx > model_max) c->max_ctx = model_max;
-    if (!(c->st = state_create(c->m, c->max_ctx, err, sizeof err))) {
+    if (!(c->st = state_create(c->m, c->max_ctx, err, sizeof err)) ||
+        !(c->saved = state_create(c->m, c->max_ctx, err, sizeof err))) {
         fprintf(stderr, "%s: %s\n", cmd, err);
         return -1;
     }
@@ -818,6 +868,7 @@ static int chat_open(chat *c) {
     if (stopstr_create(&c->stop, c->o.stops, c->o.n_stops) != STOPSTR_OK || !(c->dec = tokdec_stream_new(c->tok)) ||
         !(c->logits = malloc((size_t)c->vocab * sizeof *c->logits)) ||
         !(c->ctx_tokens = malloc((size_t)c->max_ctx * sizeof *c->ctx_tokens)) ||
+        !(c->saved_tokens = malloc((size_t)c->max_ctx * sizeof *c->saved_tokens)) ||
         !(c->gen_ids = malloc((size_t)c->max_ctx * sizeof *c->gen_ids))) {
         fprintf(stderr, "%s: out of memory\n", cmd);
         return -1;

@@ -44,6 +44,13 @@ if [ "$k" -ge 1 ] && sed "2,$((k + 1))d" "$tmp/shown" | cmp -s - "$tmp/hidden" &
 else
     notok chat_pipe_hide_think "shown:" "$(cat "$tmp/shown")" "hidden:" "$(cat "$tmp/hidden")" "$(cat "$tmp/err1")"
 fi
+# later turns resume from the saved state of the history (the template re-renders earlier answers without
+# their thinking), and answer exactly as a run that recomputes the whole conversation every turn
+printf 'Hello\nHow are you\nBye now\n' | "$BIN" chat $OPTS 2>/dev/null | norm >"$tmp/reuse"
+printf 'Hello\nHow are you\nBye now\n' | "$BIN" chat $OPTS --no-reuse 2>/dev/null | norm >"$tmp/noreuse"
+check chat_pipe_state_reused grep -q '^\[prompt [0-9]* tokens ([1-9][0-9]* reused)' "$tmp/reuse"
+check chat_pipe_reuse_same_answers cmp -s "$(sed 's/([0-9]* reused)//' "$tmp/reuse" >"$tmp/a"; echo "$tmp/a")" \
+    "$(sed 's/([0-9]* reused)//' "$tmp/noreuse" >"$tmp/b"; echo "$tmp/b")"
 check chat_pipe_speed_line grep -q '^\[prompt [0-9]* tokens (0 reused), N tok/s | generated 12 tokens, token limit, N tok/s\]$' "$tmp/shown"
 
 # ---- on a terminal ----
