@@ -226,6 +226,8 @@ static const kernel_ops *active_ops(const qmat *w) {
 /* Stack space for the prepared x of up to KERNEL_NB vectors. */
 typedef struct {
     float f[KERNEL_XBUF + KERNEL_NB * KERNEL_MAX_GROUPS];
+    int16_t q[KERNEL_QXBUF], ql[KERNEL_QXBUF]; /* the int16 path's x, in up to KERNEL_QSLOTS slots */
+    float qsum[KERNEL_QXBUF / 32 + KERNEL_QSLOTS * 32], qd[KERNEL_QXBUF / 32 + KERNEL_QSLOTS * 32]; /* its xsum, xd */
 } xscratch;
 
 /* Columns per chunk with nb x vectors prepared at once: all of them if they fit. */
@@ -238,9 +240,18 @@ static int chunk_cols(int cols, int nb) {
  * slot `slot` of nslots (see kernels_impl.h for the layout). */
 static void xview_prepare(const kernel_ops *ops, const qmat *w, const float *x, int c0, int c1, xscratch *s,
                           int slot, int nslots, kernel_xview *xv) {
+    int n = c1 - c0, pack = ops->pack[w->type], lanes = ops->lanes, qp = ops->qpack[w->type];
     float *xp = s->f + (size_t)slot * (KERNEL_XBUF / nslots);
     float *xsum = s->f + KERNEL_XBUF + (size_t)slot * KERNEL_MAX_GROUPS;
-    int n = c1 - c0, pack = ops->pack[w->type], lanes = ops->lanes;
+    int16_t *xq = NULL, *xl = NULL;
+    float *xd = NULL;
+    if (qp) { /* int16 path: slot of KERNEL_QXBUF / nslots values (nslots <= KERNEL_QSLOTS) */
+        int per = KERNEL_QXBUF / nslots, gper = per / 32 + 32;
+        xq = s->q + (size_t)slot * per;
+        xl = s->ql + (size_t)slot * per;
+        xsum = s->qsum + (size_t)slot * gper;
+        xd = s->qd + (size_t)slot * gper;
+    }
     const float *xc = x + c0;
     xv->xsum = NULL;
     if (dtype_is_quant(w->type)) {
@@ -252,6 +263,17 @@ static void xview_prepare(const kernel_ops *ops, const qmat *w, const float *x, 
         }
         memset(xsum + ng, 0, 32 * sizeof(float));
         xv->xsum = xsum;
+    }
+    xv->xq = xv->xl = NULL;
+    xv->xd = NULL;
+    if (qp) {
+        ops->quant_x16(xc, n, w->group, qp, xq, xl, xd);
+        memset(xd + n / w->group, 0, 16 * sizeof(float));
+        xv->xq = xq;
+        xv->xl = xl;
+        xv->xd = xd;
+        xv->x = NULL;
+        return;
     }
     if (pack == 1) {
         xv->x = xc;
@@ -296,8 +318,41 @@ static void rows_compute(const kernel_ops *ops, const qmat *w, int c0, int c1, c
  * n > KERNEL_NB): the block's W rows stay in cache while preparing x costs 1/ROWS_BLOCK of the work. */
 #define ROWS_BLOCK 64
 
+/* The int16 path of rows_run: up to KERNEL_QSLOTS x vectors prepared once per column chunk, then
+ * each block of W rows is run against all of them, KERNEL_NB at a time, while it is in cache. */
+static void rows_run_q(const kernel_ops *ops, const qmat *w, const float *X, int n, int r0, int r1, rows_out out) {
+    xscratch s;
+    int nslots = n < KERNEL_QSLOTS ? n : KERNEL_QSLOTS;
+    int chunk = KERNEL_QXBUF / nslots / KERNEL_CHUNK_ALIGN * KERNEL_CHUNK_ALIGN;
+    if (chunk > KERNEL_XBUF) chunk = KERNEL_XBUF; /* the row kernels' group arrays hold KERNEL_MAX_GROUPS */
+    if (w->cols < chunk) chunk = w->cols;
+    int rblock = n <= KERNEL_NB ? r1 - r0 : ROWS_BLOCK;
+    for (int c0 = 0; c0 < w->cols; c0 += chunk) {
+        int c1 = w->cols - c0 < chunk ? w->cols : c0 + chunk;
+        for (int js = 0; js < n; js += KERNEL_QSLOTS) {
+            int ns = n - js < KERNEL_QSLOTS ? n - js : KERNEL_QSLOTS;
+            kernel_xview xv[KERNEL_QSLOTS];
+            for (int j = 0; j < ns; j++)
+                xview_prepare(ops, w, X + (size_t)(js + j) * w->cols, c0, c1, &s, j, nslots, &xv[j]);
+            for (int rb = r0; rb < r1; rb += rblock) {
+                int re = r1 - rb < rblock ? r1 : rb + rblock;
+                for (int j0 = 0; j0 < ns; j0 += KERNEL_NB) {
+                    int nb = ns - j0 < KERNEL_NB ? ns - j0 : KERNEL_NB;
+                    rows_out o = out;
+                    o.y += (size_t)(js + j0) * out.ldy;
+                    rows_compute(ops, w, c0, c1, xv + j0, nb, rb, re, r0, o);
+                }
+            }
+        }
+    }
+}
+
 /* Y[j][r] (see rows_out) for n x vectors X[j] (row-major, w->cols each), rows [r0, r1). */
 static void rows_run(const kernel_ops *ops, const qmat *w, const float *X, int n, int r0, int r1, rows_out out) {
+    if (ops->qpack[w->type]) {
+        rows_run_q(ops, w, X, n, r0, r1, out);
+        return;
+    }
     xscratch s;
     int nbmax = n < KERNEL_NB ? n : KERNEL_NB;
     int chunk = chunk_cols(w->cols, nbmax);
@@ -317,6 +372,11 @@ static void rows_run(const kernel_ops *ops, const qmat *w, const float *X, int n
             }
         }
     }
+}
+
+int kernel_uses_int16_x(const qmat *w) {
+    const kernel_ops *ops = active_ops(w);
+    return ops && ops->qpack[w->type] > 0;
 }
 
 void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1) {

@@ -5,11 +5,12 @@
  * picked once at run time from cpuid; the base build stays plain x86-64. FLASHMOE_KERNELS=scalar|
  * avx2|avx512 in the environment forces a level (tests, benchmarks); kernel_level_force does the
  * same from code. All levels compute the same sums in f32; they differ only in summation order, by
- * at most ~1e-5 of sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning).
+ * at most ~1e-5 of sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2
+ * level splits x into two int16 parts per group for Q8/Q4/Q2 (kernel_uses_int16_x; bound in kernels_impl.h).
  *
  * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
  * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.
- * The SIMD kernels keep up to ~40 KB of scratch on the stack (prepared x; ~80 KB in the caller of
+ * The SIMD kernels keep up to ~180 KB of scratch on the stack (prepared x; ~180 KB in the caller of
  * kernel_matvec_mt); no allocation. */
 #ifndef FLASHMOE_KERNELS_H
 #define FLASHMOE_KERNELS_H
@@ -47,6 +48,11 @@ void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, 
 void kernel_swiglu_gate_up(float *h, const qmat *gate, const qmat *up, const float *x, int r0, int r1);
 /* Expert down-projection into the running sum: y[r] += weight * (down[r] . h) for r0 <= r < r1. */
 void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float weight, int r0, int r1);
+
+/* 1 when the active level computes W . x for w with x split into two int16 parts per group of w (see
+ * kernels_impl.h: adds at most sum_g 2^-16 * max_g|x| / 32767 * sum_{c in g} |q_c s_g| to the error, about
+ * the f32 rounding), else 0. */
+int kernel_uses_int16_x(const qmat *w);
 
 /* The scalar reference of kernel_matvec_rows, whatever level is active (tests, tools). */
 void kernel_matvec_rows_ref(float *y, const qmat *w, const float *x, int r0, int r1);

@@ -200,6 +200,129 @@ AI void q8_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xvie
     }
 }
 
+/* ---- quantized weights, int16 path (Q8, Q4, Q2): see kernels_impl.h --------------------------- */
+
+/* Value k of every 16-bit lane (qp = 16 / bits values per lane, LSB first). */
+AI __m256i unpack16_k(__m256i wv, int k, const int bits) {
+    __m256i v = k ? _mm256_srli_epi16(wv, k * bits) : wv;
+    if ((k + 1) * bits == 16) return v; /* the top value: the shift alone clears the rest */
+    return _mm256_and_si256(v, _mm256_set1_epi16((short)((1 << bits) - 1)));
+}
+
+/* One block of 16 * qp values at e (dwords of it present: 8, or fewer at a row's tail):
+ * acc[j] += q . xq_j, int32 lane i summing values [2 qp i, 2 qp (i + 1)) of the block. Exact:
+ * |q xq| <= 255 * 32767, and a lane sums at most group / 8 <= 16 of them per group (< 2^31). */
+AI void int16_block(const uint8_t *wb, int e, int dwords, const kernel_xview *xv, __m256i *acc, __m256i *acl,
+                    const int bits, const int NB) {
+    const int qp = 16 / bits;
+    const uint8_t *p = wb + (size_t)e * bits / 8;
+    if (((size_t)e * bits / 8) % 64 == 0) prefetch(p);
+    __m256i wv = dwords >= 8 ? _mm256_loadu_si256((const __m256i *)p)
+                             : _mm256_maskload_epi32((const int *)p, lane_mask(dwords));
+#pragma GCC unroll 8
+    for (int k = 0; k < qp; k++) {
+        __m256i q = unpack16_k(wv, k, bits);
+        FOR_J {
+            acc[j] = _mm256_add_epi32(
+                acc[j], _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xv[j].xq + e + k * KERNEL_QLANES))));
+            acl[j] = _mm256_add_epi32(
+                acl[j], _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xv[j].xl + e + k * KERNEL_QLANES))));
+        }
+    }
+}
+
+/* q . (xq + xl / 32768) as float */
+AI __m256 hilo(__m256i acc, __m256i acl) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(acl), _mm256_set1_ps(1.0f / 32768.0f), _mm256_cvtepi32_ps(acc));
+}
+
+AI void int16_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, float *out, const int bits,
+                   const int NB) {
+    const int qp = 16 / bits, block = KERNEL_QLANES * qp, group = w->group;
+    const int gshift = __builtin_ctz((unsigned)group), n = c1 - c0, ng = n / group;
+    const int full = n / block * block, tail_dwords = (n - full) * bits / 32;
+    int idx[LANES];
+    for (int i = 0; i < LANES; i++) idx[i] = 2 * qp * i / group; /* int32 lane i's group, relative to the block's */
+    const __m256i gidx = _mm256_loadu_si256((const __m256i *)idx);
+    float sf[KERNEL_MAX_GROUPS], bdot[KERNEL_NB], sd[KERNEL_NB][KERNEL_MAX_GROUPS];
+    for (int r = r0; r < r1; r++) {
+        size_t e0 = (size_t)r * w->cols + c0;
+        const uint8_t *wb = (const uint8_t *)w->data + e0 * bits / 8;
+        row_scales(w, e0 >> gshift, ng, xv, sf, bdot, NB);
+        for (int g = 0; g < ng; g += 8) /* sd = s_g * d_g, zero-padded by 8 (sf and xd are) */
+            FOR_J _mm256_storeu_ps(sd[j] + g, _mm256_mul_ps(_mm256_loadu_ps(sf + g), _mm256_loadu_ps(xv[j].xd + g)));
+        FOR_J _mm256_storeu_ps(sd[j] + (ng + 7) / 8 * 8, _mm256_setzero_ps());
+        __m256 tot[KERNEL_NB];
+        FOR_J tot[j] = _mm256_setzero_ps();
+        if (group == block) { /* one block per group (Q4 g64, Q8 g32, Q2 g128) */
+#pragma GCC unroll 2
+            for (int g = 0; g < ng; g++) {
+                __m256i acc[KERNEL_NB], acl[KERNEL_NB];
+                FOR_J acc[j] = acl[j] = _mm256_setzero_si256();
+                int16_block(wb, g * block, 8, xv, acc, acl, bits, NB);
+                FOR_J tot[j] = _mm256_fmadd_ps(hilo(acc[j], acl[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
+            }
+        } else if (group > block) { /* whole blocks per group: sum the group in int32, scale once */
+            for (int g = 0; g < ng; g++) {
+                __m256i acc[KERNEL_NB], acl[KERNEL_NB];
+                FOR_J acc[j] = acl[j] = _mm256_setzero_si256();
+                for (int e = g * group; e < (g + 1) * group; e += block) int16_block(wb, e, 8, xv, acc, acl, bits, NB);
+                FOR_J tot[j] = _mm256_fmadd_ps(hilo(acc[j], acl[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
+            }
+        } else { /* groups within a block: each int32 lane scaled by its group's s * d */
+            for (int e = 0; e < n; e += block) {
+                __m256i acc[KERNEL_NB], acl[KERNEL_NB];
+                FOR_J acc[j] = acl[j] = _mm256_setzero_si256();
+                int16_block(wb, e, e < full ? 8 : tail_dwords, xv, acc, acl, bits, NB);
+                FOR_J tot[j] = _mm256_fmadd_ps(
+                    hilo(acc[j], acl[j]),
+                    _mm256_permutevar8x32_ps(_mm256_loadu_ps(sd[j] + (e >> gshift)), gidx), tot[j]);
+            }
+        }
+        FOR_J out[(r - r0) * NB + j] = hsum8(tot[j]) + bdot[j];
+    }
+}
+
+/* The int16 path's x (kernel_xview): per group, d = max|x| / 32767 and xq = round(x * 32767 / max|x|)
+ * (round to nearest even: |x * inv - xq| <= 0.5; |x| * inv <= 32767 (1 + 2^-23) rounds to <= 32767),
+ * then each block of 16 * qp values interleaved so lane i of vector k holds value i * qp + k. */
+static void quant_x16(const float *x, int n, int group, int qp, int16_t *xq, int16_t *xl, float *xd) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    float inv[KERNEL_MAX_GROUPS];
+    int ng = n / group, gshift = __builtin_ctz((unsigned)group), block = KERNEL_QLANES * qp;
+    for (int g = 0; g < ng; g++) {
+        __m256 m = _mm256_setzero_ps();
+        for (int c = g * group; c < (g + 1) * group; c += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + c), absmask));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float mx = _mm_cvtss_f32(h);
+        xd[g] = mx / 32767.0f;
+        inv[g] = mx > 0.0f ? 32767.0f / mx : 0.0f;
+    }
+    int16_t tb[KERNEL_QLANES * 8], tl[KERNEL_QLANES * 8];
+    for (int e = 0; e < n; e += block) {
+        for (int c = 0; c < block; c += 8) {
+            __m128i v = _mm_setzero_si128(), l = _mm_setzero_si128();
+            if (e + c < n) {
+                __m256 f = _mm256_mul_ps(_mm256_loadu_ps(x + e + c), _mm256_set1_ps(inv[(e + c) >> gshift]));
+                __m256i q = _mm256_cvtps_epi32(f);
+                /* f - q is exact (|f - q| <= 0.5, q the nearest integer), and so is * 32768 */
+                __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(f, _mm256_cvtepi32_ps(q)), _mm256_set1_ps(32768.0f)));
+                v = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                l = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+            }
+            _mm_storeu_si128((__m128i *)(tb + c), v);
+            _mm_storeu_si128((__m128i *)(tl + c), l);
+        }
+        for (int k = 0; k < qp; k++)
+            for (int i = 0; i < KERNEL_QLANES; i++) {
+                xq[e + k * KERNEL_QLANES + i] = tb[i * qp + k];
+                xl[e + k * KERNEL_QLANES + i] = tl[i * qp + k];
+            }
+    }
+}
+
 /* ---- instantiation: one function per dtype, switching on nb so each body is unrolled for it --- */
 
 #define CALL_BY_NB(fn, ...)                                                                       \
@@ -219,13 +342,10 @@ _Static_assert(KERNEL_NB == 4, "CALL_BY_NB covers nb = 1..4");
 ROWS_FN(rows_f32, float_rows, DTYPE_F32)
 ROWS_FN(rows_f16, float_rows, DTYPE_F16)
 ROWS_FN(rows_bf16, float_rows, DTYPE_BF16)
-ROWS_FN(rows_q4, packed_rows, 4)
+ROWS_FN(rows_q8, int16_rows, 8)
+ROWS_FN(rows_q4, int16_rows, 4)
 ROWS_FN(rows_q3, packed_rows, 3)
-ROWS_FN(rows_q2, packed_rows, 2)
-
-static void rows_q8(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out) {
-    CALL_BY_NB(q8_rows, w, r0, r1, c0, c1, xv, out)
-}
+ROWS_FN(rows_q2, int16_rows, 2)
 
 static const kernel_ops ops_avx2 = {
     .name = "avx2",
@@ -234,6 +354,8 @@ static const kernel_ops ops_avx2 = {
              [DTYPE_Q3] = 8, [DTYPE_Q2] = 16},
     .rows = {[DTYPE_F32] = rows_f32, [DTYPE_F16] = rows_f16, [DTYPE_BF16] = rows_bf16, [DTYPE_Q8] = rows_q8,
              [DTYPE_Q4] = rows_q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = rows_q2},
+    .qpack = {[DTYPE_Q8] = 2, [DTYPE_Q4] = 4, [DTYPE_Q2] = 8},
+    .quant_x16 = quant_x16,
 };
 
 const kernel_ops *kernel_ops_avx2(void) { return &ops_avx2; }

@@ -11,12 +11,18 @@
  *     xp[e + k * lanes + i] = x[e + i * pack + k]        (0 <= i < lanes, 0 <= k < pack)
  * zero-padded to a whole block. Q8 and the float types read x in natural order (pack 1).
  *
- * Why not integer dot products (VNNI vpdpbusd on q and an int8 copy of x, one instruction per 64
- * weights): rounding x to int8 per group moves each product by up to 1/254 of the group's largest
- * |x|, ~1e-3 of sum |w x| in practice, a hundred times the 1e-5 bound the reference comparison
- * allows (tests/test_kernels.c). So x stays f32 and each weight costs one FMA plus its unpacking:
- * on AVX-512 the packed formats run at ~15-20 G weights/s per core, which for Q4 is close to one
- * core's share of DRAM bandwidth when two cores stream. */
+ * Integer dot products. int8 activations (llama.cpp's q8, VNNI vpdpbusd) move each product by up
+ * to 1/254 of the group's largest |x|, ~1e-3 of sum |w x| in practice, too coarse next to the f32
+ * path. The AVX2 level instead writes x per weight group as two int16 parts, x_c ~= d_g * (xq_c +
+ * xl_c / 32768), d_g = max_g |x| / 32767 (|x_c - that| <= 2^-16 d_g + 2^-22 |x_c|: f32-grade), and
+ * sums q_c * xq_c and q_c * xl_c exactly in int32 with vpmaddwd (one instruction per 16 weights per
+ * part, the codes unpacked by shift+and in 16-bit lanes), then applies s_g * d_g per group; the
+ * bias half b_g * xsum_g still uses the f32 x. One int16 part alone (15 bits, error 0.5 d_g, about
+ * 2^-16 of the group's max |x|) measured ~2e-5 of sum |w x| per dot product on the test fixtures,
+ * enough to flip near-tied top-k expert choices of their random routers and move logits by 1e-2
+ * (tests/test_convert_mlx.c), so both parts are used. tests/test_kernels.c checks the bound.
+ * Q8, Q4 and Q2 take this path on AVX2; Q3 (8 values in 24 bits do not fit 16-bit lanes) and the
+ * AVX-512 level keep f32 x and one FMA per weight (~15-20 G weights/s per core on AVX-512). */
 #ifndef FLASHMOE_KERNELS_IMPL_H
 #define FLASHMOE_KERNELS_IMPL_H
 #include "kernels.h"
@@ -34,7 +40,22 @@
 typedef struct {
     const float *x;    /* the chunk's x values, in the row kernel's order (see above) */
     const float *xsum; /* quantized types: sum of x over each group of the chunk, zero-padded by 16 */
+    /* The int16 path (kernel_ops.qpack[type] > 0; x is then not prepared as floats, x is NULL):
+     * x_c ~= xd_g * (xq_c + xl_c / 32768) with xd_g = max_{c in g} |x_c| / 32767, xq_c = round(x_c /
+     * xd_g) and xl_c = round((x_c / xd_g - xq_c) * 32768), in the order xq[e + k * KERNEL_QLANES + i] =
+     * xq_(e + i * qpack + k) over blocks of KERNEL_QLANES * qpack values, zero-padded to a whole block
+     * (xl likewise); xd zero-padded by 16 groups. */
+    const int16_t *xq, *xl;
+    const float *xd;
 } kernel_xview;
+
+/* int16 lanes of one 256-bit vector: the interleave width of the int16 path's prepared x. */
+#define KERNEL_QLANES 16
+/* The int16 path's prepared x on the driver's stack (int16 values, each of xq and xl), and how many x vectors of a
+ * matmat it prepares at once (each W row block is then run against all of them: W is read from
+ * memory once per KERNEL_QSLOTS x vectors, and x is prepared once per call, not per row block). */
+#define KERNEL_QXBUF 32768
+#define KERNEL_QSLOTS 16
 
 /* out[(r - r0) * nb + j] = W[r][c0, c1) . x_j for r0 <= r < r1 and j < nb (1 <= nb <= KERNEL_NB),
  * x_j given by xv[j] relative to c0. c0 is a multiple of KERNEL_CHUNK_ALIGN; c1 is c0 + chunk or
@@ -54,6 +75,12 @@ typedef struct {
     int lanes;               /* floats per vector: the interleave width of prepared x */
     int pack[DTYPE_COUNT];   /* values per lane per block; 1 = natural order */
     kernel_rows_fn rows[DTYPE_COUNT];
+    /* > 0: the row kernel for this type takes x quantized to int16 per group (see kernel_xview),
+     * with this many values per 16-bit lane; 0: the f32 path. */
+    int qpack[DTYPE_COUNT];
+    /* The int16 path's x preparation (see kernel_xview): xq and xd of x[0, n), n a multiple of
+     * group; xd gets ng = n / group scales. */
+    void (*quant_x16)(const float *x, int n, int group, int qp, int16_t *xq, int16_t *xl, float *xd);
 } kernel_ops;
 
 /* NULL when the level was not compiled in (non-x86 build). Callers check the CPU first. */

@@ -11,7 +11,22 @@
  * a sign (2e-6 at n = 4096). The bias split adds terms up to ~4x larger than |w_c x_c| (q * s can be
  * larger than q * s + b), so a few-fold more. 1e-5 (~170 u) leaves margin over all of that for the
  * sizes here (n <= 21k) while catching any real fault: one element unpacked wrong, a wrong scale or
- * bias, or a dropped tail moves the result by ~|w_c x_c| / sum|w x| >= 1/n, i.e. >= 5e-5. */
+ * bias, or a dropped tail moves the result by ~|w_c x_c| / sum|w x| >= 1/n, i.e. >= 5e-5.
+ *
+ * The int16 path (kernel_uses_int16_x: AVX2, Q8/Q4/Q2) also rounds x, and only this path gets an
+ * extra term, qerr = sum_g 2^-16 * 1.01 * (m_g / 32767) * sum_{c in g} |q_c s_g|, m_g = max_{c in g}
+ * |x_c|. Derivation: x_c is replaced by d_g * (xq_c + xl_c / 32768) with d_g = fl(m_g / 32767),
+ * f_c = fl(x_c * fl(32767 / m_g)), xq_c = round(f_c), xl_c = round((f_c - xq_c) * 32768). f_c is within
+ * 2^-23 relative of x_c / d_g (two roundings plus d_g's own); f_c - xq_c is exact (Sterbenz: xq_c is
+ * the integer nearest f_c) and so is the product by 32768, so rounding it leaves |f_c - xq_c - xl_c /
+ * 32768| <= 2^-16. Hence |x_c - d_g (xq_c + xl_c / 32768)| <= 2^-16 d_g + 2^-22 |x_c|. The bias half
+ * sum_g b_g xsum_g uses the exact f32 x, so the dot product moves by at most sum_c |q_c s_g| times
+ * that; the 2^-22 |x_c| part is at most 2^-22 * sum |q_c s_g x_c| <= ~4 * 2^-22 sum|w x| (q s vs q s +
+ * b, as above), inside REL_TOL's margin, and qerr covers the rest (1.01: slack for the f32 roundings of
+ * d_g and m_g). The integer sums q . xq and q . xl are exact in int32 (<= 128 * 255 * 32767 < 2^31 per
+ * group); their conversion to f32 and the scaling by s_g d_g are f32 roundings of the same kind as the
+ * f32 path's. A wrong code, scale or tail still moves the result by ~|w_c x_c|, far above qerr
+ * (~2^-31 of the group's max |x| per weight). */
 #include "kernels.h"
 #include "test.h"
 
@@ -98,11 +113,39 @@ static void abs_dots(double *out, const qmat *w, const float *x, int r0, int r1)
     free(row);
 }
 
-static double worst_ratio; /* largest |y - ref| / sum|wx| seen, printed at the end */
+/* The int16 path's extra bound per row (derivation at the top): sum_g 2^-16 1.01 m_g / 32767 sum |q_c s_g|,
+ * with |q_c s_g| = |w_c - b_g|; 0 when the active level keeps x in f32 for w. */
+static void int16_bounds(double *out, const qmat *w, const float *x, int r0, int r1) {
+    for (int r = r0; r < r1; r++) out[r] = 0;
+    if (!kernel_uses_int16_x(w)) return;
+    float *row = malloc(sizeof(float) * w->cols);
+    for (int r = r0; r < r1; r++) {
+        kernel_row_f32(row, w, r);
+        double s = 0;
+        for (int g = 0; g < w->cols / w->group; g++) {
+            double m = 0, qs = 0, b = bf16_to_f32(w->biases[((size_t)r * w->cols) / w->group + g]);
+            for (int c = g * w->group; c < (g + 1) * w->group; c++) {
+                m = fabs(x[c]) > m ? fabs(x[c]) : m;
+                qs += fabs(row[c] - b);
+            }
+            s += 1.01 / 65536.0 * m / 32767.0 * qs;
+        }
+        out[r] = s;
+    }
+    free(row);
+}
 
-static int within(double y, double ref, double absdot) {
-    if (absdot > 0 && fabs(y - ref) / absdot > worst_ratio) worst_ratio = fabs(y - ref) / absdot;
-    return fabs(y - ref) <= REL_TOL * absdot + 1e-30;
+static double worst_ratio; /* largest |y - ref| / sum|wx| seen, printed at the end */
+static double worst_q;     /* the int16 path: largest |y - ref| / (REL_TOL sum|wx| + qerr) */
+
+static int within_q(double y, double ref, double absdot, double qerr) {
+    if (qerr > 0) {
+        double b = REL_TOL * absdot + qerr;
+        if (fabs(y - ref) / b > worst_q) worst_q = fabs(y - ref) / b;
+    } else if (absdot > 0 && fabs(y - ref) / absdot > worst_ratio) {
+        worst_ratio = fabs(y - ref) / absdot;
+    }
+    return fabs(y - ref) <= REL_TOL * absdot + qerr + 1e-30;
 }
 
 static const int GROUPS[] = {32, 64, 128};
@@ -196,21 +239,22 @@ static const float SENTINEL = 12345.0f;
 /* kernel_matvec_rows on rows [r0, r1) against the reference; rows outside untouched. */
 static void check_matvec(const qmat *w, const float *x, int r0, int r1, kernel_level lv) {
     float *ref = malloc(sizeof(float) * w->rows), *y = malloc(sizeof(float) * w->rows);
-    double *ad = malloc(sizeof(double) * w->rows);
+    double *ad = malloc(sizeof(double) * w->rows), *qe = malloc(sizeof(double) * w->rows);
     kernel_matvec_rows_ref(ref, w, x, r0, r1);
     abs_dots(ad, w, x, r0, r1);
+    int16_bounds(qe, w, x, r0, r1);
     for (int r = 0; r < w->rows; r++) y[r] = SENTINEL;
     kernel_matvec_rows(y, w, x, r0, r1);
     int bad = 0;
     for (int r = 0; r < w->rows; r++) {
         int inside = r >= r0 && r < r1;
-        int ok = inside ? within(y[r], ref[r], ad[r]) : y[r] == SENTINEL;
+        int ok = inside ? within_q(y[r], ref[r], ad[r], qe[r]) : y[r] == SENTINEL;
         if (!ok && bad++ < 3)
             CHECK(ok, "%s %s %dx%d g%d rows [%d,%d): row %d: %.9g, ref %.9g, sum|wx| %.4g (err/sum %.3g)",
                   kernel_level_name(lv), dtype_name(w->type), w->rows, w->cols, w->group, r0, r1, r, y[r],
                   inside ? ref[r] : SENTINEL, inside ? ad[r] : 0, inside ? fabs(y[r] - ref[r]) / ad[r] : 0);
     }
-    free(ref); free(y); free(ad);
+    free(ref); free(y); free(ad); free(qe);
 }
 
 static void test_matvec_all_levels(void) {
@@ -258,22 +302,23 @@ static void test_matvec_wide(void) {
     }
 }
 
-/* Y = X W^T for n = 1..9 (several passes of 4 x vectors, row blocks) on row subranges. */
+/* Y = X W^T for n = 1..20 (several passes of 4 x vectors, row blocks) on row subranges. */
 static void test_matmat_all_levels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
-    int ns[] = {1, 2, 3, 4, 5, 9};
+    int ns[] = {1, 2, 3, 4, 5, 9, 20}; /* 20: more than the int16 path's 16 x vectors prepared at once */
     FOR_EACH_LEVEL(lv) {
         for (int ti = 0; ti < 7; ti++) {
-            for (int ni = 0; ni < 6; ni++) {
+            for (int ni = 0; ni < 7; ni++) {
                 dtype t = types[ti];
                 int n = ns[ni], group = GROUPS[ni % 3];
                 int cols = dtype_is_quant(t) ? group * (1 + ni * 7) : 3 + 61 * ni;
                 if (ni == 5) cols = dtype_is_quant(t) ? 4096 + group : 4101; /* > the 4-vector chunk */
+                if (ni == 6) cols = dtype_is_quant(t) ? 2048 + 3 * group : 2100; /* > the 16-vector chunk */
                 int rows = 70 + ni; /* more than one 64-row block */
                 test_mat tm = mat_random(t, rows, cols, group);
                 float *X = malloc(sizeof(float) * n * cols), *Y = malloc(sizeof(float) * n * rows);
                 float *ref = malloc(sizeof(float) * rows);
-                double *ad = malloc(sizeof(double) * rows);
+                double *ad = malloc(sizeof(double) * rows), *qe = malloc(sizeof(double) * rows);
                 vec_random(X, n * cols);
                 int r0 = ni % 2 ? 3 : 0, r1 = rows - (ni % 3);
                 for (int i = 0; i < n * rows; i++) Y[i] = SENTINEL;
@@ -282,15 +327,16 @@ static void test_matmat_all_levels(void) {
                 for (int j = 0; j < n; j++) {
                     kernel_matvec_rows_ref(ref, &tm.m, X + (size_t)j * cols, r0, r1);
                     abs_dots(ad, &tm.m, X + (size_t)j * cols, r0, r1);
+                    int16_bounds(qe, &tm.m, X + (size_t)j * cols, r0, r1);
                     for (int r = 0; r < rows; r++) {
                         float y = Y[(size_t)j * rows + r];
-                        int ok = r >= r0 && r < r1 ? within(y, ref[r], ad[r]) : y == SENTINEL;
+                        int ok = r >= r0 && r < r1 ? within_q(y, ref[r], ad[r], qe[r]) : y == SENTINEL;
                         if (!ok && bad++ < 3)
                             CHECK(ok, "%s %s n=%d %dx%d g%d: Y[%d][%d] = %.9g, ref %.9g", kernel_level_name(lv),
                                   dtype_name(t), n, rows, cols, group, j, r, y, r >= r0 && r < r1 ? ref[r] : SENTINEL);
                     }
                 }
-                free(X); free(Y); free(ref); free(ad);
+                free(X); free(Y); free(ref); free(ad); free(qe);
                 mat_free(&tm);
             }
         }
@@ -310,7 +356,7 @@ static void test_swiglu_all_levels(void) {
                 /* also a mixed pair: up in another format, so x is prepared twice */
                 test_mat u2 = mat_random(ti == 2 ? DTYPE_F32 : DTYPE_Q3, rows, cols, 32);
                 float *x = malloc(sizeof(float) * cols), gr[45], ur[45], h[45];
-                double gd[45], ud[45];
+                double gd[45], ud[45], gq[45], uq[45];
                 vec_random(x, cols);
                 for (int pair = 0; pair < 2; pair++) {
                     const qmat *up = pair ? &u2.m : &u.m;
@@ -318,6 +364,8 @@ static void test_swiglu_all_levels(void) {
                     kernel_matvec_rows_ref(ur, up, x, 0, rows);
                     abs_dots(gd, &g.m, x, 0, rows);
                     abs_dots(ud, up, x, 0, rows);
+                    int16_bounds(gq, &g.m, x, 0, rows);
+                    int16_bounds(uq, up, x, 0, rows);
                     for (int r = 0; r < rows; r++) h[r] = SENTINEL;
                     kernel_swiglu_gate_up(h, &g.m, up, x, 2, rows - 1);
                     int bad = 0;
@@ -329,7 +377,7 @@ static void test_swiglu_all_levels(void) {
                         } else {
                             double sg = gr[r] / (1 + exp(-(double)gr[r]));
                             want = sg * ur[r];
-                            double tol = 1.1 * fabs(ur[r]) * REL_TOL * gd[r] + fabs(sg) * REL_TOL * ud[r] +
+                            double tol = 1.1 * fabs(ur[r]) * (REL_TOL * gd[r] + gq[r]) + fabs(sg) * (REL_TOL * ud[r] + uq[r]) +
                                          4e-7 * fabs(want) + 1e-30;
                             ok = fabs(h[r] - want) <= tol;
                         }
@@ -353,17 +401,18 @@ static void test_accum_all_levels(void) {
             int rows = 130, cols = dtype_is_quant(types[ti]) ? 384 : 301;
             test_mat d = mat_random(types[ti], rows, cols, 128);
             float *h = malloc(sizeof(float) * cols), y[130], y0[130], ref[130], weight = 0.37f;
-            double ad[130];
+            double ad[130], qe[130];
             vec_random(h, cols);
             for (int r = 0; r < rows; r++) y[r] = y0[r] = rng_normal();
             kernel_matvec_rows_ref(ref, &d.m, h, 0, rows);
             abs_dots(ad, &d.m, h, 0, rows);
+            int16_bounds(qe, &d.m, h, 0, rows);
             kernel_matvec_accum_rows(y, &d.m, h, weight, 5, rows - 7);
             int bad = 0;
             for (int r = 0; r < rows; r++) {
                 int inside = r >= 5 && r < rows - 7;
                 double want = inside ? (double)y0[r] + (double)weight * ref[r] : y0[r];
-                double tol = inside ? weight * REL_TOL * ad[r] + 2.4e-7 * fabs(want) + 1e-30 : 0;
+                double tol = inside ? weight * (REL_TOL * ad[r] + qe[r]) + 2.4e-7 * fabs(want) + 1e-30 : 0;
                 int ok = fabs(y[r] - want) <= tol;
                 if (!ok && bad++ < 3)
                     CHECK(ok, "%s %s: y[%d] = %.9g, want %.9g", kernel_level_name(lv), dtype_name(types[ti]), r, y[r],
@@ -425,7 +474,7 @@ int main(void) {
     RUN_TEST(test_accum_all_levels);
     RUN_TEST(test_matvec_mt_all_levels);
     RUN_TEST(test_unsupported_group_falls_back);
-    printf("# levels tested: %d; largest |y - ref| / sum|w x| in matvec/matmat: %.3g (bound %g)\n",
-           level_count_tested, worst_ratio, REL_TOL);
+    printf("# levels tested: %d; largest |y - ref| / sum|w x| in matvec/matmat: %.3g (bound %g); int16 path: "
+           "largest |y - ref| / (its bound) %.3g\n", level_count_tested, worst_ratio, REL_TOL, worst_q);
     TEST_EXIT();
 }
