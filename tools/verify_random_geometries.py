@@ -106,11 +106,17 @@ def main():
     outdir = tempfile.mkdtemp()
     mf.make_tokenizer(384, os.path.join(outdir, "_tokenizer.json"))
     fails = 0
+    skipped = 0
     for i in range(n):
-        ok, desc = run_case(binary, outdir, i, rng)
+        try:
+            ok, desc = run_case(binary, outdir, i, rng)
+        except SystemExit as e:  # make_fixtures.build found no seed with decisive routing and greedy choices
+            skipped += 1
+            print(f"SKIP case{i}: {e}", flush=True)
+            continue
         fails += not ok
         print(("PASS " if ok else "FAIL ") + desc, flush=True)
-    print(f"{n - fails} passed, {fails} failed")
+    print(f"{n - fails - skipped} passed, {fails} failed, {skipped} skipped (no decisive seed)")
     sys.exit(1 if fails else 0)
 
 
