@@ -17,6 +17,7 @@
 #include "kernels.h"
 #include "packed_writer.h"
 #include "quant.h"
+#include "threadpool.h"
 #include "util.h"
 
 static int copy_file(const char *from, const char *to, char *err, size_t errlen) {
@@ -81,7 +82,7 @@ dtype convert_plan_dtype(int ndim, const int64_t *shape, const char *name, dtype
     return want;
 }
 
-static int write_resident(const checkpoint *ck, const convert_opts *o, char *err, size_t errlen) {
+static int write_resident(const checkpoint *ck, const convert_opts *o, pool *pl, char *err, size_t errlen) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", o->out, PACKED_RESIDENT);
     int n = 0;
@@ -161,7 +162,7 @@ static int write_resident(const checkpoint *ck, const convert_opts *o, char *err
             uint32_t *q = buf;
             uint16_t *sc = malloc(2 * groups), *bi = malloc(2 * groups);
             fail = !sc || !bi ||
-                   quant_rows(plan[i].store, QUANT_MSE, x, rows, cols, o->group, q, sc, bi) ||
+                   quant_rows_mt(pl, plan[i].store, QUANT_MSE, x, rows, cols, o->group, q, sc, bi) ||
                    st_writer_write(&w, q, 4 * words, err, errlen) || st_writer_write(&w, sc, 2 * groups, err, errlen) ||
                    st_writer_write(&w, bi, 2 * groups, err, errlen);
             if ((!sc || !bi) && fail) snprintf(err, errlen, "%s: out of memory", path);
@@ -196,7 +197,7 @@ void convert_progress(const convert_opts *o, int layer, int n_layers, double t0,
 }
 
 static int write_experts(const checkpoint *ck, const model_config *c, const convert_opts *o,
-                         const packed_layout *lo, char *err, size_t errlen) {
+                         const packed_layout *lo, pool *pl, char *err, size_t errlen) {
     size_t n = (size_t)c->n_layers * c->n_experts;
     expert_view *table = calloc(n, sizeof *table);
     size_t mat = (size_t)c->expert_inter * c->hidden_size;
@@ -219,7 +220,7 @@ static int write_experts(const checkpoint *ck, const model_config *c, const conv
             unsigned char *rec = expert_file_record(&w);
             for (int p = 0; p < 3; p++) {
                 for (int r = 0; r < m[p]->rows; r++) kernel_row_f32(x + (size_t)r * m[p]->cols, m[p], r);
-                packed_fill_part(lo, parts[p], rec, x, m[p]->rows, m[p]->cols);
+                packed_fill_part(pl, lo, parts[p], rec, x, m[p]->rows, m[p]->cols);
             }
             if (expert_file_append(&w, err, errlen)) {
                 expert_file_close(&w, err, 0);
@@ -273,9 +274,15 @@ int convert_run(const convert_opts *o, char *err, size_t errlen) {
         goto out;
     }
     if (copy_side_files(o->src, o->out, err, errlen)) goto out;
-    if (mlx ? convert_mlx_write(&ck, &c, o, &lo, err, errlen)
-            : write_resident(&ck, o, err, errlen) || write_experts(&ck, &c, o, &lo, err, errlen))
-        goto out;
+    if (mlx) {
+        if (convert_mlx_write(&ck, &c, o, &lo, err, errlen)) goto out;
+    } else {
+        /* quantization spreads rows over every core (the output does not depend on how many) */
+        pool *pl = pool_create((int)sysconf(_SC_NPROCESSORS_ONLN));
+        int bad = write_resident(&ck, o, pl, err, errlen) || write_experts(&ck, &c, o, &lo, pl, err, errlen);
+        pool_free(pl);
+        if (bad) goto out;
+    }
     char dense[8];
     snprintf(dense, sizeof dense, "%s", packed_dtype_name(o->dense));
     rc = packed_write_manifest(o->out, &lo, c.n_layers, c.n_experts, dense, o->src, err, errlen);

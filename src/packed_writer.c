@@ -175,15 +175,15 @@ int expert_file_close(expert_file_writer *w, char *err, size_t errlen) {
     return rc;
 }
 
-void packed_fill_part(const packed_layout *lo, const packed_part *part, unsigned char *record, const float *x,
-                      int rows, int cols) {
+void packed_fill_part(pool *p, const packed_layout *lo, const packed_part *part, unsigned char *record,
+                      const float *x, int rows, int cols) {
     if (lo->type == DTYPE_BF16) {
         uint16_t *d = (uint16_t *)(record + part->data);
         for (size_t i = 0; i < (size_t)rows * cols; i++) d[i] = f32_to_bf16(x[i]);
         return;
     }
-    quant_rows(lo->type, QUANT_MSE, x, rows, cols, lo->group, (uint32_t *)(record + part->data),
-               (uint16_t *)(record + part->scales), (uint16_t *)(record + part->biases));
+    quant_rows_mt(p, lo->type, QUANT_MSE, x, rows, cols, lo->group, (uint32_t *)(record + part->data),
+                  (uint16_t *)(record + part->scales), (uint16_t *)(record + part->biases));
 }
 
 int packed_write_manifest(const char *dir, const packed_layout *lo, int n_layers, int n_experts,

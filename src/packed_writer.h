@@ -7,6 +7,7 @@
 
 #include "packed.h"
 #include "safetensors.h"
+#include "threadpool.h"
 
 /* A safetensors writer: every tensor is declared first (name, dtype, shape), then the header is
  * written, then each tensor's bytes in declaration order. */
@@ -54,9 +55,10 @@ int expert_file_append(expert_file_writer *w, char *err, size_t errlen);
 int expert_file_close(expert_file_writer *w, char *err, size_t errlen);
 
 /* Fills one part (data, scales, biases) of a record from f32 values [rows x cols]: converted to bf16, or
- * quantized with the layout's group, minimising each group's error. */
-void packed_fill_part(const packed_layout *lo, const packed_part *part, unsigned char *record, const float *x,
-                      int rows, int cols);
+ * quantized with the layout's group, minimising each group's error (rows spread over the pool; the
+ * output does not depend on the number of threads). */
+void packed_fill_part(pool *p, const packed_layout *lo, const packed_part *part, unsigned char *record,
+                      const float *x, int rows, int cols);
 
 /* flashmoe.json, written last: a directory without it is an incomplete conversion. */
 int packed_write_manifest(const char *dir, const packed_layout *lo, int n_layers, int n_experts,
