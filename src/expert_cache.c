@@ -2,7 +2,11 @@
  *
  * Slots sit in one arena. slot_of[layer * n_experts + expert] gives the slot holding an expert, or -1.
  * Unpinned slots form a doubly linked list in LRU order: empty slots at the head (used first), the
- * most recently released at the tail; eviction takes the head. Pinned slots are off the list. */
+ * most recently released at the tail; eviction takes the head. Pinned slots are off the list.
+ *
+ * Prefetch: a slot being read by the prefetch engine is pinned and marked pf_loading; it never belongs to
+ * the layer in progress (begin waits for such experts before pinning anything), so a slot is pinned by
+ * one owner at a time: at most `working` by the layer and `working` by the prefetch batch. */
 #include "expert_cache.h"
 
 #include <stdarg.h>
@@ -16,6 +20,8 @@ typedef struct {
     int key; /* layer * n_experts + expert, or -1 */
     slot_state state;
     int pinned;
+    int pf_loading; /* being read by the prefetch engine (pinned by it) */
+    int pf_unused;  /* read by prefetch and not asked for since */
     int prev, next; /* LRU list links (-1: none) */
     expert_io_req x; /* the expert's pieces, dest pointing into this slot */
 } cache_slot;
@@ -40,6 +46,17 @@ struct expert_cache {
     int n_hits, hits_returned, n_misses, misses_returned;
 
     uint64_t hits, misses, evictions;
+
+    /* prefetch (pf_io NULL: off) */
+    expert_io *pf_io;
+    int *pf_slot;           /* [working] slot of each request of the prefetch batch */
+    expert_io_req *pf_reqs; /* [working] */
+    int pf_n, pf_returned;  /* requests in that batch, and those completed or dropped */
+    int pred_layer;         /* the last prediction: layer (-1: none, or already begun) and experts */
+    int *pred_ids;          /* [working] */
+    int pred_n;
+    int pf_pending;         /* 1: the prediction's reads have not been started yet */
+    uint64_t predicted_asked, predicted_right, prefetched, prefetch_used, prefetch_failures;
 };
 
 static void err_set(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -135,6 +152,10 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
         err_set(err, errlen, "expert_cache: budget of %zu slots is too many", cached);
         goto fail;
     }
+    c->pf_io = cfg->prefetch_io;
+    c->pred_layer = -1;
+    /* with prefetch, the `working` slots of its batch come out of the budget, which holds at least them */
+    if (c->pf_io && cached < (size_t)c->cfg.working) cached = (size_t)c->cfg.working;
     c->n_slots = (int)cached + c->cfg.working;
     size_t arena_bytes = (size_t)c->n_slots * c->cfg.slot_bytes;
     size_t n_keys = (size_t)c->cfg.n_layers * (size_t)c->cfg.n_experts;
@@ -146,14 +167,18 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
     c->hit_items = calloc(w, sizeof *c->hit_items);
     c->req_item = calloc(w, sizeof *c->req_item);
     c->reqs = calloc(w, sizeof *c->reqs);
-    if (!c->arena || !c->slots || !c->slot_of || !c->item_slot || !c->hit_items || !c->req_item || !c->reqs) {
+    c->pf_slot = calloc(w, sizeof *c->pf_slot);
+    c->pf_reqs = calloc(w, sizeof *c->pf_reqs);
+    c->pred_ids = calloc(w, sizeof *c->pred_ids);
+    if (!c->arena || !c->slots || !c->slot_of || !c->item_slot || !c->hit_items || !c->req_item || !c->reqs ||
+        !c->pf_slot || !c->pf_reqs || !c->pred_ids) {
         err_set(err, errlen, "expert_cache: cannot allocate %d slots of %zu bytes (%zu MiB)", c->n_slots,
                 c->cfg.slot_bytes, arena_bytes >> 20);
         goto fail;
     }
     size_t huge = (size_t)2 << 20; /* expert_io_buffer_alloc rounds up to whole huge pages */
     c->memory_bytes = (arena_bytes + huge - 1) / huge * huge + (size_t)c->n_slots * sizeof *c->slots +
-                      n_keys * sizeof *c->slot_of + w * (3 * sizeof(int) + sizeof *c->reqs);
+                      n_keys * sizeof *c->slot_of + w * (5 * sizeof(int) + 2 * sizeof *c->reqs);
     for (size_t k = 0; k < n_keys; k++) c->slot_of[k] = -1;
     c->lru_head = c->lru_tail = -1;
     for (int s = 0; s < c->n_slots; s++) {
@@ -166,9 +191,13 @@ fail:
     return NULL;
 }
 
+static void pf_drain(expert_cache *c);
+
 void expert_cache_free(expert_cache *c) {
     if (!c) return;
+    c->pf_pending = 0;
     expert_cache_end(c);
+    if (c->pf_io) pf_drain(c); /* nothing may write into the arena once it is freed */
     expert_io_buffer_free(c->arena);
     free(c->slots);
     free(c->slot_of);
@@ -176,7 +205,131 @@ void expert_cache_free(expert_cache *c) {
     free(c->hit_items);
     free(c->req_item);
     free(c->reqs);
+    free(c->pf_slot);
+    free(c->pf_reqs);
+    free(c->pred_ids);
     free(c);
+}
+
+/* ---- prefetch ---- */
+
+/* The prefetch batch failed: the experts still arriving are dropped (read again when asked for). */
+static void pf_fail(expert_cache *c, const char *why) {
+    for (int m = 0; m < c->pf_n; m++) {
+        cache_slot *x = &c->slots[c->pf_slot[m]];
+        if (!x->pf_loading) continue;
+        x->pf_loading = 0;
+        slot_unpin(c, c->pf_slot[m]); /* not ready: the slot becomes empty */
+    }
+    c->pf_returned = c->pf_n;
+    c->prefetch_failures++;
+    fprintf(stderr, "flashmoe: prefetch: %s; those experts will be read when needed\n", why);
+}
+
+/* Waits for the next read of the prefetch batch: the expert becomes resident (most recently used).
+ * Returns 1, or 0 when the batch is over (all completed, or failed and dropped). */
+static int pf_wait_one(expert_cache *c) {
+    if (c->pf_returned >= c->pf_n) return 0;
+    char why[512];
+    int m, rc = expert_io_wait_any(c->pf_io, &m, why, sizeof why);
+    if (rc != 1) {
+        if (rc == 0) snprintf(why, sizeof why, "the engine ended the batch early");
+        pf_fail(c, why);
+        return 0;
+    }
+    c->pf_returned++;
+    cache_slot *x = &c->slots[c->pf_slot[m]];
+    x->state = SLOT_READY;
+    x->pf_loading = 0;
+    x->pf_unused = 1;
+    c->prefetched++;
+    slot_unpin(c, c->pf_slot[m]);
+    return 1;
+}
+
+static void pf_drain(expert_cache *c) {
+    while (pf_wait_one(c)) {
+    }
+}
+
+/* Starts the pending prediction's reads, unless the layer in progress still has reads of its own. */
+static void pf_start(expert_cache *c) {
+    if (!c->pf_pending || (c->active && c->misses_returned < c->n_misses)) return;
+    c->pf_pending = 0;
+    pf_drain(c); /* the previous batch: one at a time */
+    int layer = c->pred_layer, base = layer * c->cfg.n_experts, n = 0;
+    for (int k = 0; k < c->pred_n && c->lru_head >= 0; k++) {
+        int key = base + c->pred_ids[k], s = c->lru_head;
+        if (c->slot_of[key] >= 0) continue; /* resident already */
+        cache_slot *x = &c->slots[s];
+        expert_io_req *r = &c->pf_reqs[n];
+        memset(r, 0, sizeof *r);
+        char why[384];
+        if (c->cfg.locate(c->cfg.locate_ctx, layer, c->pred_ids[k], r, why, sizeof why) < 0 ||
+            expert_io_layout(c->pf_io, r, c->arena + (size_t)s * c->cfg.slot_bytes, c->cfg.slot_bytes, why,
+                             sizeof why) < 0)
+            continue; /* begin will say why, if the expert is asked for */
+        slot_pin(c, s);
+        if (x->key >= 0) {
+            c->slot_of[x->key] = -1;
+            c->evictions++;
+        }
+        x->key = key;
+        x->state = SLOT_LOADING;
+        x->pf_loading = 1;
+        x->pf_unused = 0;
+        x->x = *r;
+        c->slot_of[key] = s;
+        c->pf_slot[n++] = s;
+    }
+    c->pf_n = n;
+    c->pf_returned = 0;
+    char why[512];
+    if (n && expert_io_submit(c->pf_io, c->pf_reqs, n, why, sizeof why) < 0) pf_fail(c, why);
+}
+
+int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen) {
+    if (!c->pf_io) {
+        err_set(err, errlen, "expert_cache_prefetch: the cache has no prefetch engine");
+        return -1;
+    }
+    if (layer < 0 || layer >= c->cfg.n_layers || n < 0 || n > c->cfg.working) {
+        err_set(err, errlen, "expert_cache_prefetch: layer %d (of %d), %d experts (at most %d)", layer,
+                c->cfg.n_layers, n, c->cfg.working);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        int dup = 0;
+        for (int j = 0; j < i; j++) dup |= ids[j] == ids[i];
+        if (ids[i] < 0 || ids[i] >= c->cfg.n_experts || dup) {
+            err_set(err, errlen, "expert_cache_prefetch: expert %d out of range 0..%d or listed twice", ids[i],
+                    c->cfg.n_experts - 1);
+            return -1;
+        }
+    }
+    memcpy(c->pred_ids, ids, sizeof *ids * (size_t)n);
+    c->pred_n = n;
+    c->pred_layer = layer;
+    c->pf_pending = 1;
+    pf_start(c);
+    return 0;
+}
+
+/* At begin: experts of the layer still arriving by prefetch are waited for (a failed prefetch leaves
+ * them missing); a prediction of this layer is scored, and dropped if its reads never started. */
+static void pf_begin(expert_cache *c, int layer, const int *experts, int n) {
+    int base = layer * c->cfg.n_experts;
+    for (int i = 0; i < n; i++) {
+        int s;
+        while ((s = c->slot_of[base + experts[i]]) >= 0 && c->slots[s].pf_loading && pf_wait_one(c)) {
+        }
+    }
+    if (c->pred_layer != layer) return;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < c->pred_n; k++) c->predicted_right += c->pred_ids[k] == experts[i];
+    c->predicted_asked += (uint64_t)n;
+    c->pred_layer = -1;
+    c->pf_pending = 0;
 }
 
 /* ---- one layer ---- */
@@ -212,17 +365,21 @@ int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, ch
             }
     }
 
+    if (c->pf_io) pf_begin(c, layer, experts, n);
+
     /* the hits first: pinned, no miss can evict them */
     int base = layer * c->cfg.n_experts, n_hits = 0, n_misses = 0;
     for (int i = 0; i < n; i++) {
         int s = c->slot_of[base + experts[i]];
         c->item_slot[i] = s;
         if (s < 0) continue;
+        c->prefetch_used += (uint64_t)c->slots[s].pf_unused;
+        c->slots[s].pf_unused = 0;
         slot_pin(c, s);
         c->hit_items[n_hits++] = i;
     }
     /* then each miss takes the least recently used unpinned slot; one exists, since at most
-     * `working` slots are pinned and there are more */
+     * `working` slots are pinned (2 x working with prefetch) and there are more */
     for (int i = 0; i < n; i++) {
         if (c->item_slot[i] >= 0) continue;
         int s = c->lru_head;
@@ -235,6 +392,7 @@ int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, ch
         }
         x->key = -1;
         x->state = SLOT_EMPTY;
+        x->pf_unused = 0;
         expert_io_req *r = &c->reqs[n_misses];
         memset(r, 0, sizeof *r);
         char why[384];
@@ -300,6 +458,7 @@ int expert_cache_next(expert_cache *c, int *i, const expert_io_req **x, char *er
     cache_slot *s = &c->slots[c->item_slot[*i]];
     s->state = SLOT_READY;
     *x = &s->x;
+    if (c->pf_io) pf_start(c); /* the disk is free once the layer has all its reads */
     return 1;
 }
 
@@ -316,6 +475,7 @@ void expert_cache_end(expert_cache *c) {
     }
     for (int i = 0; i < c->n; i++) slot_unpin(c, c->item_slot[i]);
     c->active = 0;
+    if (c->pf_io) pf_start(c);
 }
 
 const expert_io_req *expert_cache_peek(const expert_cache *c, int layer, int expert) {
@@ -325,15 +485,21 @@ const expert_io_req *expert_cache_peek(const expert_cache *c, int layer, int exp
 }
 
 void expert_cache_stats_get(const expert_cache *c, expert_cache_stats *out) {
-    expert_io_stats io;
+    expert_io_stats io, pf = {0};
     expert_io_stats_get(c->io, &io);
+    if (c->pf_io) expert_io_stats_get(c->pf_io, &pf);
     *out = (expert_cache_stats){.hits = c->hits,
                                 .misses = c->misses,
                                 .evictions = c->evictions,
-                                .requests = io.requests,
-                                .bytes_read = io.bytes,
-                                .wait_ns = io.wait_ns,
+                                .requests = io.requests + pf.requests,
+                                .bytes_read = io.bytes + pf.bytes,
+                                .wait_ns = io.wait_ns + pf.wait_ns,
                                 .slots = c->n_slots,
                                 .slot_bytes = c->cfg.slot_bytes,
-                                .memory_bytes = c->memory_bytes};
+                                .memory_bytes = c->memory_bytes,
+                                .predicted_asked = c->predicted_asked,
+                                .predicted_right = c->predicted_right,
+                                .prefetched = c->prefetched,
+                                .prefetch_used = c->prefetch_used,
+                                .prefetch_failures = c->prefetch_failures};
 }

@@ -20,7 +20,17 @@
  * again before another layer reuses its slot). Between begin and end the layer's slots are pinned:
  * never evicted, their bytes stay valid. Nothing is allocated after creation.
  *
- * One layer is in progress at a time (begin ... end); a cache and its engine belong to one thread. */
+ * One layer is in progress at a time (begin ... end); a cache and its engine belong to one thread.
+ *
+ * Prefetch (optional: config.prefetch_io, a second engine of its own): expert_cache_prefetch(c, layer,
+ * ids, n) names the experts a later layer is predicted to use. Those not resident are read through the
+ * prefetch engine into slots taken from the LRU list, once the layer in progress has all its own reads
+ * (so that they do not take the disk from experts needed now); they become ordinary resident experts as
+ * they complete. The next begin of a layer whose experts are still arriving by prefetch waits for those
+ * first (and turns the rest into misses read as usual). A failed prefetch read prints one notice naming
+ * the file and is otherwise harmless: the experts it was reading are read again when asked for. With
+ * prefetch, `working` of the slots hold the prefetch reads, taken out of budget_bytes (at least 2 x
+ * working slots in all). */
 #ifndef FLASHMOE_EXPERT_CACHE_H
 #define FLASHMOE_EXPERT_CACHE_H
 #include "expert_io.h"
@@ -38,6 +48,8 @@ typedef struct {
                             locate about every expert at creation) */
     expert_locate_fn locate;
     void *locate_ctx;
+    expert_io *prefetch_io; /* NULL: no prefetch; else an engine (same files, max_requests >= working) that
+                               reads only prefetches; it must outlive the cache */
 } expert_cache_config;
 
 typedef struct {
@@ -46,6 +58,10 @@ typedef struct {
     int slots;
     size_t slot_bytes;
     size_t memory_bytes; /* everything the cache allocated: slots and tables */
+    /* prefetch: of the experts begun in layers that had a prediction (`predicted_asked`), how many were
+     * in it (`predicted_right`); experts read by prefetch, those of them asked for before being evicted,
+     * and failed prefetch batches. requests, bytes_read and wait_ns include the prefetch engine's. */
+    uint64_t predicted_asked, predicted_right, prefetched, prefetch_used, prefetch_failures;
 } expert_cache_stats;
 
 typedef struct expert_cache expert_cache;
@@ -64,6 +80,12 @@ int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, ch
 int expert_cache_next(expert_cache *c, int *i, const expert_io_req **x, char *err, size_t errlen);
 /* Ends the layer: waits for reads still in flight, unpins its slots (most recently used now). */
 void expert_cache_end(expert_cache *c);
+
+/* Predicts that `layer` will ask for experts ids[0..n) (n <= working, no duplicates): those not resident
+ * start reading through the prefetch engine as soon as the layer in progress has its own reads (at once
+ * if none is in progress). Replaces a prediction not yet started. Returns 0, or -1 with the reason in err
+ * (no prefetch engine, bad arguments); read failures are not returned (see above). */
+int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen);
 
 /* The resident bytes of (layer, expert), or NULL; changes neither statistics nor LRU order. */
 const expert_io_req *expert_cache_peek(const expert_cache *c, int layer, int expert);

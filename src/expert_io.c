@@ -328,9 +328,10 @@ static void batch_finish(expert_io *io, const io_chunk *c, chunk_status st, int 
                      "%s: cannot read %zu bytes at offset %" PRIu64 ": the file ends at offset %" PRIu64, name,
                      p->length, p->offset, c->off + c->done);
         else
-            snprintf(io->fail_msg, sizeof io->fail_msg, "%s: cannot read %zu bytes at offset %" PRIu64 ": %s%s",
-                     name, p->length, p->offset, strerror(err_no),
-                     r->inject_fail ? " (injected by FLASHMOE_IO_FAIL_AFTER)" : "");
+            snprintf(io->fail_msg, sizeof io->fail_msg, "%s: cannot read %zu bytes at offset %" PRIu64 ": %s%s%s%s",
+                     name, p->length, p->offset, strerror(err_no), r->inject_fail ? " (injected by " : "",
+                     r->inject_fail ? (io->cfg.fail_env ? io->cfg.fail_env : "FLASHMOE_IO_FAIL_AFTER") : "",
+                     r->inject_fail ? ")" : "");
     }
     if (--r->chunks_left == 0 && !io->failed) io->done[io->n_completed++] = c->req;
 }
@@ -508,13 +509,13 @@ static int config_check(expert_io_config *c, char *err, size_t errlen) {
         err_set(err, errlen, "expert_io: max_requests %d must be positive", c->max_requests);
         return -1;
     }
-    const char *env = getenv("FLASHMOE_IO_FAIL_AFTER");
+    const char *var = c->fail_env ? c->fail_env : "FLASHMOE_IO_FAIL_AFTER", *env = getenv(var);
     if (env && *env) {
         char *end;
         errno = 0;
         long n = strtol(env, &end, 10);
         if (errno || *end || n < 0) {
-            err_set(err, errlen, "FLASHMOE_IO_FAIL_AFTER='%s' is not a number of requests", env);
+            err_set(err, errlen, "%s='%s' is not a number of requests", var, env);
             return -1;
         }
         c->fail_after = n;

@@ -37,7 +37,8 @@
  * time submits and waits (the reader threads are the engine's own).
  *
  * Test hook: FLASHMOE_IO_FAIL_AFTER=N in the environment at creation (or config.fail_after) makes the
- * N-th request submitted to this engine (counting from 1) fail with EIO instead of being read. */
+ * N-th request submitted to this engine (counting from 1) fail with EIO instead of being read.
+ * config.fail_env names another variable to read instead (a second engine can be failed on its own). */
 #ifndef FLASHMOE_EXPERT_IO_H
 #define FLASHMOE_EXPERT_IO_H
 #include <stddef.h>
@@ -61,6 +62,7 @@ typedef struct {
     size_t chunk_bytes;   /* pieces are read in chunks of this size, a multiple of 4096; 0: 1 MiB */
     int max_requests;     /* most requests in one batch; 0: 256 */
     long fail_after;      /* test hook, see above; 0: off. FLASHMOE_IO_FAIL_AFTER overrides it */
+    const char *fail_env; /* the variable that overrides fail_after; NULL: "FLASHMOE_IO_FAIL_AFTER" */
     int quiet;            /* 1: no notice on stderr when falling back from io_uring to threads */
     size_t read_cap;      /* test hook: each read call asks for at most this many bytes (rounded up
                              to 4096 on O_DIRECT fds), so pieces complete through short reads; 0: off */

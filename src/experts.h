@@ -8,6 +8,9 @@
  *   while ((rc = experts_next(src, &i, &view, err, errlen)) == 1) compute expert ids[i] with view;
  *   experts_end(src);                                    // rc < 0: a read failed, err says why
  *
+ * A source may also take a hint: experts_prefetch(src, layer, ids, n) predicts the experts a later layer
+ * will ask for, so that their reads can start early (a no-op for sources without prefetch).
+ *
  * A view holds each expert's three matrices: gate [inter x hidden], up [inter x hidden],
  * down [hidden x inter], in whatever weight type the source stores. Views stay valid until experts_end.
  * Sources: views into the mmapped safetensors (experts_open_mapped), or buffers filled from disk by the
@@ -30,6 +33,9 @@ typedef struct {
     size_t memory_bytes; /* buffers and cache held by the source */
     const char *mode;    /* "mmap", "cache", "direct" */
     const char *backend; /* "threads", "io_uring", or "" */
+    /* prefetch (see expert_cache_stats): experts asked for in layers that had a prediction, and how many
+     * of them were predicted; experts read by prefetch, and how many of those were then used */
+    uint64_t predicted_asked, predicted_right, prefetched, prefetch_used;
 } experts_stats;
 
 typedef struct expert_source expert_source;
@@ -44,6 +50,8 @@ typedef struct {
 
 struct expert_source {
     const expert_source_ops *ops;
+    /* NULL: no prefetch. 0, or -1 with a message for bad arguments (read failures are not errors) */
+    int (*prefetch)(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen);
 };
 
 static inline int experts_begin(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
@@ -53,6 +61,9 @@ static inline int experts_next(expert_source *s, int *i, expert_view *v, char *e
     return s->ops->next(s, i, v, err, errlen);
 }
 static inline void experts_end(expert_source *s) { s->ops->end(s); }
+static inline int experts_prefetch(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
+    return s->prefetch ? s->prefetch(s, layer, ids, n, err, errlen) : 0;
+}
 static inline void experts_stats_get(const expert_source *s, experts_stats *out) { s->ops->stats(s, out); }
 static inline void experts_free(expert_source *s) {
     if (s) s->ops->free(s);
@@ -77,6 +88,7 @@ typedef struct {
     size_t cache_bytes;   /* DIRECT: budget of the in-process cache */
     int uring;            /* 1: io_uring (falls back to threads when refused); 0: reader threads */
     int top_k;            /* most experts asked for at once */
+    int prefetch;         /* DIRECT: a second engine reads predicted experts ahead (experts_prefetch) */
 } experts_stream_opts;
 
 /* Experts read from disk through the I/O engine: from a packed directory (dir has flashmoe.json) or from

@@ -18,6 +18,7 @@ typedef struct {
 typedef struct {
     expert_source base;
     expert_io *io;
+    expert_io *pf_io; /* prefetch reads (NULL: off) */
     expert_cache *cache;
     experts_io_mode mode;
     int n_layers, n_experts;
@@ -79,6 +80,10 @@ static int stream_next(expert_source *src, int *i, expert_view *v, char *err, si
 
 static void stream_end(expert_source *src) { expert_cache_end(((stream_source *)src)->cache); }
 
+static int stream_prefetch(expert_source *src, int layer, const int *ids, int n, char *err, size_t errlen) {
+    return expert_cache_prefetch(((stream_source *)src)->cache, layer, ids, n, err, errlen);
+}
+
 static void stream_stats(const expert_source *src, experts_stats *out) {
     const stream_source *s = (const stream_source *)src;
     expert_cache_stats cs;
@@ -86,12 +91,15 @@ static void stream_stats(const expert_source *src, experts_stats *out) {
     *out = (experts_stats){.hits = cs.hits, .misses = cs.misses, .bytes_read = cs.bytes_read,
                            .requests = cs.requests, .wait_ns = cs.wait_ns, .memory_bytes = cs.memory_bytes,
                            .mode = s->mode == EXPERTS_IO_DIRECT ? "direct" : "cache",
-                           .backend = expert_io_backend_name(expert_io_backend_used(s->io))};
+                           .backend = expert_io_backend_name(expert_io_backend_used(s->io)),
+                           .predicted_asked = cs.predicted_asked, .predicted_right = cs.predicted_right,
+                           .prefetched = cs.prefetched, .prefetch_used = cs.prefetch_used};
 }
 
 static void stream_free(expert_source *src) {
     stream_source *s = (stream_source *)src;
     expert_cache_free(s->cache);
+    expert_io_free(s->pf_io); /* its files are the main engine's */
     expert_io_free(s->io); /* closes the files it opened */
     free(s->layer_fd);
     free(s->table);
@@ -101,13 +109,20 @@ static void stream_free(expert_source *src) {
 
 static const expert_source_ops stream_ops = {stream_begin, stream_next, stream_end, stream_stats, stream_free};
 
+/* Opens a file of experts in the engine, and registers it in the prefetch engine if there is one. */
+static int open_file(stream_source *s, const char *path, char *err, size_t errlen) {
+    int fd = expert_io_open(s->io, path, err, errlen);
+    if (fd >= 0 && s->pf_io && expert_io_register(s->pf_io, fd, path, err, errlen)) return -1;
+    return fd;
+}
+
 /* The engine's fd for a shard, opened once. */
 static int shard_fd(stream_source *s, const checkpoint *ck, int *fds, const void *ptr, uint64_t *offset, char *err,
                     size_t errlen) {
     for (int f = 0; f < ck->n_files; f++) {
         const char *base = ck->files[f].map;
         if ((const char *)ptr >= base && (const char *)ptr < base + ck->files[f].size) {
-            if (fds[f] < 0 && (fds[f] = expert_io_open(s->io, ck->files[f].path, err, errlen)) < 0) return -1;
+            if (fds[f] < 0 && (fds[f] = open_file(s, ck->files[f].path, err, errlen)) < 0) return -1;
             *offset = (uint64_t)((const char *)ptr - base);
             return fds[f];
         }
@@ -163,7 +178,7 @@ static int open_packed(stream_source *s, const char *dir, const model_config *c,
     for (int l = 0; l < c->n_layers; l++) {
         char path[4096];
         packed_expert_path(path, sizeof path, dir, l);
-        if ((s->layer_fd[l] = expert_io_open(s->io, path, err, errlen)) < 0) return -1;
+        if ((s->layer_fd[l] = open_file(s, path, err, errlen)) < 0) return -1;
     }
     return 0;
 }
@@ -184,11 +199,23 @@ expert_source *experts_open_stream(const char *dir, const checkpoint *ck, const 
                             .mode = o->mode == EXPERTS_IO_DIRECT ? EXPERT_IO_DIRECT : EXPERT_IO_CACHED,
                             .max_requests = o->top_k};
     if (!(s->io = expert_io_create(&ioc, err, sizeof(char) * errlen))) goto bad;
+    if (o->prefetch && o->mode == EXPERTS_IO_DIRECT) {
+        /* the prefetch engine: the same settings and files (registered: the main engine closes them),
+         * deep enough that a whole prediction is in flight at submit, since it is topped up only when
+         * waited on. FLASHMOE_PREFETCH_FAIL_AFTER injects a read failure into it alone. */
+        expert_io_config pc = ioc;
+        pc.fail_env = "FLASHMOE_PREFETCH_FAIL_AFTER";
+        pc.quiet = 1; /* the main engine has said so if io_uring is refused */
+        pc.queue_depth = o->top_k > 128 ? 4096 : 32 * o->top_k;
+        if (!(s->pf_io = expert_io_create(&pc, err, errlen))) goto bad;
+    }
     if (s->packed ? open_packed(s, dir, c, err, errlen) : open_hf(s, ck, c, err, errlen)) goto bad;
     expert_cache_config cc = {.n_layers = c->n_layers, .n_experts = c->n_experts, .working = o->top_k,
                               .budget_bytes = o->mode == EXPERTS_IO_DIRECT ? o->cache_bytes : 0,
-                              .slot_bytes = s->packed ? s->lo.record_bytes : 0, .locate = locate, .locate_ctx = s};
+                              .slot_bytes = s->packed ? s->lo.record_bytes : 0, .locate = locate, .locate_ctx = s,
+                              .prefetch_io = s->pf_io};
     if (!(s->cache = expert_cache_create(s->io, &cc, err, errlen))) goto bad;
+    if (s->pf_io) s->base.prefetch = stream_prefetch;
     return &s->base;
 bad:
     stream_free(&s->base);

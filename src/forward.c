@@ -242,6 +242,13 @@ void state_timing_report(const state *s, double wall, FILE *f) {
             st.bytes_read / 1e6 / n, wall > 0 ? st.bytes_read / wall / 1e9 : 0.0,
             st.wait_ns ? st.bytes_read / (st.wait_ns * 1e-9) / 1e9 : 0.0, (unsigned long long)st.hits,
             (unsigned long long)asked, asked ? 100.0 * st.hits / asked : 0.0, st.memory_bytes / 1e6);
+    if (st.predicted_asked)
+        fprintf(f, "prefetch: next-layer prediction hit rate %.1f%% (%llu of %llu experts predicted); %llu experts "
+                "read ahead, %llu of them used (%.1f%%)\n",
+                100.0 * st.predicted_right / st.predicted_asked, (unsigned long long)st.predicted_right,
+                (unsigned long long)st.predicted_asked, (unsigned long long)st.prefetched,
+                (unsigned long long)st.prefetch_used,
+                st.prefetched ? 100.0 * st.prefetch_used / st.prefetched : 0.0);
 }
 
 int model_forward(model *m, state *s, const int32_t *tokens, int n, float *logits, int all_logits, char *err,

@@ -146,12 +146,17 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
     loader ld = {.m = m, .err = err, .errlen = errlen};
     if (load_weights(&ld)) goto bad;
     experts_io_mode io = opts ? opts->io : EXPERTS_IO_CACHE;
+    if (opts && opts->prefetch && io != EXPERTS_IO_DIRECT) {
+        snprintf(err, errlen, "--prefetch needs --io direct");
+        goto bad;
+    }
     if (io == EXPERTS_IO_MMAP) {
         m->experts = packed_is_dir(dir) ? experts_open_mapped_packed(dir, &m->cfg, err, errlen)
                                         : experts_open_mapped(&m->ck, &m->cfg, err, errlen);
     } else {
         experts_stream_opts so = {.mode = io, .cache_bytes = opts ? opts->cache_bytes : 0,
-                                  .uring = !(opts && opts->io_threads_only), .top_k = m->top_k};
+                                  .uring = !(opts && opts->io_threads_only), .top_k = m->top_k,
+                                  .prefetch = opts && opts->prefetch};
         m->experts = experts_open_stream(dir, &m->ck, &m->cfg, &so, err, errlen);
     }
     if (!m->experts) goto bad;

@@ -49,6 +49,25 @@ static void route(state *s, const layer_weights *w, const float *xn, int T) {
     }
 }
 
+/* Decoding (one token), after this layer's reads have started: predicts the experts of the next layer and
+ * has the source read them ahead, while this layer's experts and the next layer's mixer compute. The
+ * prediction is the next layer's router applied to post_attention_layernorm_{l+1}(h), h being the residual
+ * stream before this layer's MoE (s->x: forward.c adds the MoE output only after moe_forward returns):
+ * the input the next router will see, but for this layer's MoE output and the next layer's mixer output,
+ * assumed small next to the residual in trained models. (The residual after this MoE would be closer,
+ * but is known only once this layer's experts have all arrived: too late to overlap their compute.)
+ * Scratch: s->xe (free until the experts compute), s->router (this token's routing is in topk_w and the
+ * batch by now) and s->topk_id (one token's K experts all went into the first batch). */
+static int prefetch_next_layer(state *s, int layer, char *err, size_t errlen) {
+    const model *m = s->m;
+    const layer_weights *next = &m->layers[layer + 1];
+    int H = m->cfg.hidden_size;
+    rmsnorm(s->xe, s->x, next->post_norm, H, m->cfg.norm_eps);
+    state_matmul(s, s->router, &next->router, s->xe, 1);
+    top_k(s->router, m->cfg.n_experts, m->top_k, s->topk_id);
+    return experts_prefetch(m->experts, layer + 1, s->topk_id, m->top_k, err, errlen);
+}
+
 /* The rows of the chunk routed to expert e, and their weights, into slot b of the batch. */
 static int gather_rows(state *s, int e, int T, int b) {
     int K = s->m->top_k, n = 0;
@@ -118,6 +137,13 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, in
     int next = 0, nb = next_batch(s, T, &next);
     if (nb && experts_begin(m->experts, layer, s->batch_ids, nb, err, errlen)) return -1;
     state_tick(s, layer, T_IO_WAIT, &t);
+    if (T == 1 && m->experts->prefetch && layer + 1 < m->cfg.n_layers) {
+        if (prefetch_next_layer(s, layer, err, errlen)) {
+            experts_end(m->experts);
+            return -1;
+        }
+        state_tick(s, layer, T_ROUTING, &t);
+    }
     state_matmul(s, s->sg, &w->sh_expert_gate, xn, T);
     swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, T, s->sh);
     state_tick(s, layer, T_EXPERTS, &t);

@@ -697,6 +697,74 @@ static void test_cache_budget(void) {
     }
 }
 
+/* Prefetch through a second engine: predicted experts become hits with the right bytes, a prediction
+ * made during a layer starts once that layer has its reads, and a failed prefetch read only costs a miss. */
+static void test_cache_prefetch(void) {
+    char err[512];
+    for (int b = 0; b < 2; b++)
+        for (int fail = 0; fail < 2; fail++) {
+            if (fail) setenv("FLASHMOE_TEST_PREFETCH_FAIL", "1", 1);
+            expert_io_config pc = {.backend = (expert_io_backend)b, .mode = EXPERT_IO_DIRECT,
+                                   .chunk_bytes = SMALL_CHUNK, .threads = 4, .queue_depth = 64, .quiet = 1,
+                                   .fail_env = "FLASHMOE_TEST_PREFETCH_FAIL"};
+            expert_io *pf = expert_io_create(&pc, err, sizeof err);
+            unsetenv("FLASHMOE_TEST_PREFETCH_FAIL");
+            CHECK(pf != NULL, "prefetch engine: %s", err);
+            cache_rig r;
+            memset(&r, 0, sizeof r);
+            r.io = engine_make((expert_io_backend)b, EXPERT_IO_DIRECT, SMALL_CHUNK);
+            if (!pf || !r.io) {
+                expert_io_free(pf);
+                rig_free(&r);
+                continue;
+            }
+            r.loc = (locate_ctx){expert_io_open(r.io, g_fx.path, err, sizeof err), 8, 0};
+            CHECK(expert_io_register(pf, r.loc.fd, g_fx.path, err, sizeof err) == 0, "%s", err);
+            expert_cache_config cfg = {.n_layers = 8, .n_experts = 8, .working = 4, .budget_bytes = 4 * (size_t)REC,
+                                       .slot_bytes = REC, .locate = locate_record, .locate_ctx = &r.loc,
+                                       .prefetch_io = pf};
+            r.cache = expert_cache_create(r.io, &cfg, err, sizeof err);
+            CHECK(r.cache != NULL, "%s", err);
+            if (!r.cache) {
+                rig_free(&r);
+                expert_io_free(pf);
+                continue;
+            }
+            expert_cache_stats st;
+            expert_cache_stats_get(r.cache, &st);
+            CHECK(st.slots == 8, "%d slots: the prefetch slots come out of the budget", st.slots);
+            /* no layer in progress: the reads start at once */
+            CHECK(expert_cache_prefetch(r.cache, 1, (int[]){0, 1, 2, 3}, 4, err, sizeof err) == 0, "%s", err);
+            int misses = run_layer(r.cache, 1, (int[]){0, 1, 5, 6}, 4, 8);
+            expert_cache_stats_get(r.cache, &st);
+            CHECK(st.predicted_asked == 4 && st.predicted_right == 2, "predicted %llu of %llu",
+                  (unsigned long long)st.predicted_right, (unsigned long long)st.predicted_asked);
+            if (!fail)
+                CHECK(misses == 2 && st.prefetch_used == 2 && st.prefetch_failures == 0,
+                      "misses %d, used %llu", misses, (unsigned long long)st.prefetch_used);
+            else
+                CHECK(misses >= 3 && st.prefetch_failures == 1, "after a failed prefetch: misses %d, failures %llu",
+                      misses, (unsigned long long)st.prefetch_failures);
+            /* made during a layer: started when that layer's reads are in, hits in the next */
+            CHECK(expert_cache_begin(r.cache, 2, (int[]){0, 1}, 2, err, sizeof err) >= 0, "%s", err);
+            CHECK(expert_cache_prefetch(r.cache, 3, (int[]){4, 5}, 2, err, sizeof err) == 0, "%s", err);
+            int i, rc;
+            const expert_io_req *x;
+            while ((rc = expert_cache_next(r.cache, &i, &x, err, sizeof err)) == 1)
+                CHECK(view_matches(x, 2, i == 0 ? 0 : 1, 8), "layer 2 bytes differ");
+            CHECK(rc == 0, "%s", err);
+            expert_cache_end(r.cache);
+            CHECK(run_layer(r.cache, 3, (int[]){4, 5}, 2, 8) == 0, "prefetched experts missed");
+            /* bad arguments */
+            CHECK(expert_cache_prefetch(r.cache, 8, (int[]){0}, 1, err, sizeof err) < 0, "layer 8 accepted");
+            CHECK(expert_cache_prefetch(r.cache, 0, (int[]){1, 1}, 2, err, sizeof err) < 0, "duplicate accepted");
+            /* a prediction left in flight at free */
+            CHECK(expert_cache_prefetch(r.cache, 4, (int[]){0, 1, 2, 3}, 4, err, sizeof err) == 0, "%s", err);
+            rig_free(&r);
+            expert_io_free(pf);
+        }
+}
+
 int main(void) {
     if (fixture_make(&g_fx) < 0) {
         printf("not ok fixture (cannot create the test file in /tmp)\n");
@@ -714,6 +782,7 @@ int main(void) {
     RUN_TEST(test_cache_random_layers);
     RUN_TEST(test_cache_failures);
     RUN_TEST(test_cache_budget);
+    RUN_TEST(test_cache_prefetch);
     fixture_free(&g_fx);
     TEST_EXIT();
 }
