@@ -319,14 +319,14 @@ static void rows_compute(const kernel_ops *ops, const qmat *w, int c0, int c1, c
 #define ROWS_BLOCK 64
 
 /* The int16 path of rows_run: up to KERNEL_QSLOTS x vectors prepared once per column chunk, then
- * each block of W rows is run against all of them, KERNEL_NB at a time, while it is in cache. */
+ * each block of W rows is run against all of them, KERNEL_QNB at a time, while it is in cache. */
 static void rows_run_q(const kernel_ops *ops, const qmat *w, const float *X, int n, int r0, int r1, rows_out out) {
     xscratch s;
     int nslots = n < KERNEL_QSLOTS ? n : KERNEL_QSLOTS;
     int chunk = KERNEL_QXBUF / nslots / KERNEL_CHUNK_ALIGN * KERNEL_CHUNK_ALIGN;
     if (chunk > KERNEL_XBUF) chunk = KERNEL_XBUF; /* the row kernels' group arrays hold KERNEL_MAX_GROUPS */
     if (w->cols < chunk) chunk = w->cols;
-    int rblock = n <= KERNEL_NB ? r1 - r0 : ROWS_BLOCK;
+    int rblock = n <= KERNEL_QNB ? r1 - r0 : ROWS_BLOCK;
     for (int c0 = 0; c0 < w->cols; c0 += chunk) {
         int c1 = w->cols - c0 < chunk ? w->cols : c0 + chunk;
         for (int js = 0; js < n; js += KERNEL_QSLOTS) {
@@ -336,8 +336,8 @@ static void rows_run_q(const kernel_ops *ops, const qmat *w, const float *X, int
                 xview_prepare(ops, w, X + (size_t)(js + j) * w->cols, c0, c1, &s, j, nslots, &xv[j]);
             for (int rb = r0; rb < r1; rb += rblock) {
                 int re = r1 - rb < rblock ? r1 : rb + rblock;
-                for (int j0 = 0; j0 < ns; j0 += KERNEL_NB) {
-                    int nb = ns - j0 < KERNEL_NB ? ns - j0 : KERNEL_NB;
+                for (int j0 = 0; j0 < ns; j0 += KERNEL_QNB) {
+                    int nb = ns - j0 < KERNEL_QNB ? ns - j0 : KERNEL_QNB;
                     rows_out o = out;
                     o.y += (size_t)(js + j0) * out.ldy;
                     rows_compute(ops, w, c0, c1, xv + j0, nb, rb, re, r0, o);

@@ -6,7 +6,7 @@
  * avx2|avx512 in the environment forces a level (tests, benchmarks); kernel_level_force does the
  * same from code. All levels compute the same sums in f32; they differ only in summation order, by
  * at most ~1e-5 of sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2
- * level splits x into two int16 parts per group for Q8/Q4/Q2 (kernel_uses_int16_x; bound in kernels_impl.h).
+ * level splits x into two int16 parts per group for Q4/Q2 (kernel_uses_int16_x; bound in kernels_impl.h).
  *
  * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
  * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.

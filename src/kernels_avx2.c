@@ -342,10 +342,15 @@ _Static_assert(KERNEL_NB == 4, "CALL_BY_NB covers nb = 1..4");
 ROWS_FN(rows_f32, float_rows, DTYPE_F32)
 ROWS_FN(rows_f16, float_rows, DTYPE_F16)
 ROWS_FN(rows_bf16, float_rows, DTYPE_BF16)
-ROWS_FN(rows_q8, int16_rows, 8)
 ROWS_FN(rows_q4, int16_rows, 4)
 ROWS_FN(rows_q3, packed_rows, 3)
 ROWS_FN(rows_q2, int16_rows, 2)
+
+/* Q8 keeps f32 x: int16_rows handles bits = 8 too (set qpack[DTYPE_Q8] = 2 to use it), but it measured
+ * no faster for matvec and ~20% slower for matmat than q8_rows, whose unpacking is one cvt. */
+static void rows_q8(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out) {
+    CALL_BY_NB(q8_rows, w, r0, r1, c0, c1, xv, out)
+}
 
 static const kernel_ops ops_avx2 = {
     .name = "avx2",
@@ -354,7 +359,7 @@ static const kernel_ops ops_avx2 = {
              [DTYPE_Q3] = 8, [DTYPE_Q2] = 16},
     .rows = {[DTYPE_F32] = rows_f32, [DTYPE_F16] = rows_f16, [DTYPE_BF16] = rows_bf16, [DTYPE_Q8] = rows_q8,
              [DTYPE_Q4] = rows_q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = rows_q2},
-    .qpack = {[DTYPE_Q8] = 2, [DTYPE_Q4] = 4, [DTYPE_Q2] = 8},
+    .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8}, /* Q8: f32 path (see rows_q8) */
     .quant_x16 = quant_x16,
 };
 

@@ -21,7 +21,8 @@
  * 2^-16 of the group's max |x|) measured ~2e-5 of sum |w x| per dot product on the test fixtures,
  * enough to flip near-tied top-k expert choices of their random routers and move logits by 1e-2
  * (tests/test_convert_mlx.c), so both parts are used. tests/test_kernels.c checks the bound.
- * Q8, Q4 and Q2 take this path on AVX2; Q3 (8 values in 24 bits do not fit 16-bit lanes) and the
+ * Q4 and Q2 take this path on AVX2 (about +30% over the f32 path, measured); Q8 (slower this way:
+ * its f32 unpacking is a single convert), Q3 (8 values in 24 bits do not fit 16-bit lanes) and the
  * AVX-512 level keep f32 x and one FMA per weight (~15-20 G weights/s per core on AVX-512). */
 #ifndef FLASHMOE_KERNELS_IMPL_H
 #define FLASHMOE_KERNELS_IMPL_H
@@ -56,6 +57,9 @@ typedef struct {
  * memory once per KERNEL_QSLOTS x vectors, and x is prepared once per call, not per row block). */
 #define KERNEL_QXBUF 32768
 #define KERNEL_QSLOTS 16
+/* x vectors per int16 row kernel call: two int32 accumulators and one f32 total per x vector stay
+ * in the 16 AVX2 registers for 2 (4 spilled, and measured slower than the f32 path's matmat). */
+#define KERNEL_QNB 2
 
 /* out[(r - r0) * nb + j] = W[r][c0, c1) . x_j for r0 <= r < r1 and j < nb (1 <= nb <= KERNEL_NB),
  * x_j given by xv[j] relative to c0. c0 is a multiple of KERNEL_CHUNK_ALIGN; c1 is c0 + chunk or

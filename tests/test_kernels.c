@@ -13,7 +13,7 @@
  * sizes here (n <= 21k) while catching any real fault: one element unpacked wrong, a wrong scale or
  * bias, or a dropped tail moves the result by ~|w_c x_c| / sum|w x| >= 1/n, i.e. >= 5e-5.
  *
- * The int16 path (kernel_uses_int16_x: AVX2, Q8/Q4/Q2) also rounds x, and only this path gets an
+ * The int16 path (kernel_uses_int16_x: AVX2, Q4/Q2) also rounds x, and only this path gets an
  * extra term, qerr = sum_g 2^-16 * 1.01 * (m_g / 32767) * sum_{c in g} |q_c s_g|, m_g = max_{c in g}
  * |x_c|. Derivation: x_c is replaced by d_g * (xq_c + xl_c / 32768) with d_g = fl(m_g / 32767),
  * f_c = fl(x_c * fl(32767 / m_g)), xq_c = round(f_c), xl_c = round((f_c - xq_c) * 32768). f_c is within
