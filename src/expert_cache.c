@@ -8,6 +8,7 @@
  * the layer in progress (begin waits for such experts before pinning anything), so a slot is pinned by
  * one owner at a time: at most `working` by the layer and `working` by the prefetch batch. */
 #include "expert_cache.h"
+#include "util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -59,14 +60,6 @@ struct expert_cache {
     uint64_t predicted_asked, predicted_right, prefetched, prefetch_used, prefetch_failures;
 };
 
-static void err_set(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void err_set(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- LRU list ---- */
 
@@ -122,7 +115,7 @@ static size_t largest_expert(expert_cache *c, char *err, size_t errlen) {
             if (c->cfg.locate(c->cfg.locate_ctx, l, e, &x, err, errlen) < 0) return 0;
             size_t room = expert_io_req_room(c->io, &x);
             if (!room) {
-                err_set(err, errlen, "expert (%d, %d): invalid location (%d pieces, or an unregistered fd)", l,
+                util_err_set(err, errlen, "expert (%d, %d): invalid location (%d pieces, or an unregistered fd)", l,
                         e, x.n_pieces);
                 return 0;
             }
@@ -134,12 +127,12 @@ static size_t largest_expert(expert_cache *c, char *err, size_t errlen) {
 expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg, char *err, size_t errlen) {
     if (!io || !cfg || !cfg->locate || cfg->n_layers < 1 || cfg->n_experts < 1 || cfg->working < 1 ||
         (size_t)cfg->n_layers * (size_t)cfg->n_experts > (size_t)1 << 30) {
-        err_set(err, errlen, "expert_cache: need an engine, a locate function, n_layers, n_experts and working >= 1");
+        util_err_set(err, errlen, "expert_cache: need an engine, a locate function, n_layers, n_experts and working >= 1");
         return NULL;
     }
     expert_cache *c = calloc(1, sizeof *c);
     if (!c) {
-        err_set(err, errlen, "expert_cache: out of memory");
+        util_err_set(err, errlen, "expert_cache: out of memory");
         return NULL;
     }
     c->io = io;
@@ -149,7 +142,7 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
 
     size_t cached = c->cfg.budget_bytes / c->cfg.slot_bytes;
     if (cached > (size_t)1 << 24) {
-        err_set(err, errlen, "expert_cache: budget of %zu slots is too many", cached);
+        util_err_set(err, errlen, "expert_cache: budget of %zu slots is too many", cached);
         goto fail;
     }
     c->pf_io = cfg->prefetch_io;
@@ -172,7 +165,7 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
     c->pred_ids = calloc(w, sizeof *c->pred_ids);
     if (!c->arena || !c->slots || !c->slot_of || !c->item_slot || !c->hit_items || !c->req_item || !c->reqs ||
         !c->pf_slot || !c->pf_reqs || !c->pred_ids) {
-        err_set(err, errlen, "expert_cache: cannot allocate %d slots of %zu bytes (%zu MiB)", c->n_slots,
+        util_err_set(err, errlen, "expert_cache: cannot allocate %d slots of %zu bytes (%zu MiB)", c->n_slots,
                 c->cfg.slot_bytes, arena_bytes >> 20);
         goto fail;
     }
@@ -290,11 +283,11 @@ static void pf_start(expert_cache *c) {
 
 int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen) {
     if (!c->pf_io) {
-        err_set(err, errlen, "expert_cache_prefetch: the cache has no prefetch engine");
+        util_err_set(err, errlen, "expert_cache_prefetch: the cache has no prefetch engine");
         return -1;
     }
     if (layer < 0 || layer >= c->cfg.n_layers || n < 0 || n > c->cfg.working) {
-        err_set(err, errlen, "expert_cache_prefetch: layer %d (of %d), %d experts (at most %d)", layer,
+        util_err_set(err, errlen, "expert_cache_prefetch: layer %d (of %d), %d experts (at most %d)", layer,
                 c->cfg.n_layers, n, c->cfg.working);
         return -1;
     }
@@ -302,7 +295,7 @@ int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, cha
         int dup = 0;
         for (int j = 0; j < i; j++) dup |= ids[j] == ids[i];
         if (ids[i] < 0 || ids[i] >= c->cfg.n_experts || dup) {
-            err_set(err, errlen, "expert_cache_prefetch: expert %d out of range 0..%d or listed twice", ids[i],
+            util_err_set(err, errlen, "expert_cache_prefetch: expert %d out of range 0..%d or listed twice", ids[i],
                     c->cfg.n_experts - 1);
             return -1;
         }
@@ -342,25 +335,25 @@ static void begin_undo(expert_cache *c, int n) {
 
 int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, char *err, size_t errlen) {
     if (c->active) {
-        err_set(err, errlen, "expert_cache_begin: the previous layer was not ended");
+        util_err_set(err, errlen, "expert_cache_begin: the previous layer was not ended");
         return -1;
     }
     if (n < 0 || n > c->cfg.working) {
-        err_set(err, errlen, "expert_cache_begin: %d experts (at most %d at once)", n, c->cfg.working);
+        util_err_set(err, errlen, "expert_cache_begin: %d experts (at most %d at once)", n, c->cfg.working);
         return -1;
     }
     if (layer < 0 || layer >= c->cfg.n_layers) {
-        err_set(err, errlen, "expert_cache_begin: layer %d out of range 0..%d", layer, c->cfg.n_layers - 1);
+        util_err_set(err, errlen, "expert_cache_begin: layer %d out of range 0..%d", layer, c->cfg.n_layers - 1);
         return -1;
     }
     for (int i = 0; i < n; i++) {
         if (experts[i] < 0 || experts[i] >= c->cfg.n_experts) {
-            err_set(err, errlen, "expert_cache_begin: expert %d out of range 0..%d", experts[i], c->cfg.n_experts - 1);
+            util_err_set(err, errlen, "expert_cache_begin: expert %d out of range 0..%d", experts[i], c->cfg.n_experts - 1);
             return -1;
         }
         for (int j = 0; j < i; j++)
             if (experts[j] == experts[i]) {
-                err_set(err, errlen, "expert_cache_begin: expert %d listed twice", experts[i]);
+                util_err_set(err, errlen, "expert_cache_begin: expert %d listed twice", experts[i]);
                 return -1;
             }
     }
@@ -399,7 +392,7 @@ int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, ch
         if (c->cfg.locate(c->cfg.locate_ctx, layer, experts[i], r, why, sizeof why) < 0 ||
             expert_io_layout(c->io, r, c->arena + (size_t)s * c->cfg.slot_bytes, c->cfg.slot_bytes, why,
                              sizeof why) < 0) {
-            err_set(err, errlen, "expert (%d, %d): %s", layer, experts[i], why);
+            util_err_set(err, errlen, "expert (%d, %d): %s", layer, experts[i], why);
             begin_undo(c, n);
             return -1;
         }
@@ -449,7 +442,7 @@ int expert_cache_next(expert_cache *c, int *i, const expert_io_req **x, char *er
         return -1;
     }
     if (rc == 0) { /* cannot happen: the engine returned fewer requests than were submitted */
-        err_set(err, errlen, "expert_cache_next: the engine ended the batch early");
+        util_err_set(err, errlen, "expert_cache_next: the engine ended the batch early");
         loads_drop(c);
         return -1;
     }

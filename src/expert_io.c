@@ -6,6 +6,7 @@
  * of a request completes, its index is appended to done[], which expert_io_wait_any consumes in
  * order. Nothing here is allocated after expert_io_create except the file table (at open/register). */
 #include "expert_io.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -92,14 +93,6 @@ struct expert_io {
     int n_free;
 };
 
-static void err_set(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void err_set(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -126,14 +119,14 @@ static const io_file *file_get(const expert_io *io, int fd) {
 static int file_add(expert_io *io, int fd, const char *name, int owned, char *err, size_t errlen) {
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0) {
-        err_set(err, errlen, "%s: not an open file descriptor (%d): %s", name, fd, strerror(errno));
+        util_err_set(err, errlen, "%s: not an open file descriptor (%d): %s", name, fd, strerror(errno));
         return -1;
     }
     if (fd >= io->n_files) {
         int n = fd + 16;
         io_file *f = realloc(io->files, (size_t)n * sizeof *f);
         if (!f) {
-            err_set(err, errlen, "out of memory registering %s", name);
+            util_err_set(err, errlen, "out of memory registering %s", name);
             return -1;
         }
         memset(f + io->n_files, 0, (size_t)(n - io->n_files) * sizeof *f);
@@ -142,7 +135,7 @@ static int file_add(expert_io *io, int fd, const char *name, int owned, char *er
     }
     char *copy = strdup(name);
     if (!copy) {
-        err_set(err, errlen, "out of memory registering %s", name);
+        util_err_set(err, errlen, "out of memory registering %s", name);
         return -1;
     }
     io_file *f = &io->files[fd];
@@ -162,10 +155,10 @@ int expert_io_open(expert_io *io, const char *path, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
     if (fd < 0) {
         if (direct && errno == EINVAL)
-            err_set(err, errlen, "%s: cannot open with O_DIRECT (not supported by this file system?): %s",
+            util_err_set(err, errlen, "%s: cannot open with O_DIRECT (not supported by this file system?): %s",
                     path, strerror(errno));
         else
-            err_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+            util_err_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     if (file_add(io, fd, path, 1, err, errlen) < 0) {
@@ -225,20 +218,20 @@ size_t expert_io_req_room(const expert_io *io, const expert_io_req *req) {
 int expert_io_layout(const expert_io *io, expert_io_req *req, void *base, size_t room, char *err,
                      size_t errlen) {
     if ((uintptr_t)base % EXPERT_IO_ALIGN) {
-        err_set(err, errlen, "expert_io_layout: buffer %p is not %d-aligned", base, EXPERT_IO_ALIGN);
+        util_err_set(err, errlen, "expert_io_layout: buffer %p is not %d-aligned", base, EXPERT_IO_ALIGN);
         return -1;
     }
     if (req->n_pieces < 1 || req->n_pieces > EXPERT_IO_MAX_PIECES) {
-        err_set(err, errlen, "expert_io_layout: %d pieces (1..%d allowed)", req->n_pieces, EXPERT_IO_MAX_PIECES);
+        util_err_set(err, errlen, "expert_io_layout: %d pieces (1..%d allowed)", req->n_pieces, EXPERT_IO_MAX_PIECES);
         return -1;
     }
     size_t need = expert_io_req_room(io, req);
     if (!need) {
-        err_set(err, errlen, "expert_io_layout: a piece names an fd not registered with the engine");
+        util_err_set(err, errlen, "expert_io_layout: a piece names an fd not registered with the engine");
         return -1;
     }
     if (need > room) {
-        err_set(err, errlen, "expert_io_layout: request needs %zu bytes, buffer holds %zu", need, room);
+        util_err_set(err, errlen, "expert_io_layout: request needs %zu bytes, buffer holds %zu", need, room);
         return -1;
     }
     layout_pieces(io, req, base);
@@ -493,20 +486,20 @@ static int config_check(expert_io_config *c, char *err, size_t errlen) {
     if (!c->chunk_bytes) c->chunk_bytes = DEFAULT_CHUNK;
     if (!c->max_requests) c->max_requests = DEFAULT_MAX_REQUESTS;
     if (c->threads < 1 || c->threads > 256) {
-        err_set(err, errlen, "expert_io: threads %d out of range 1..256", c->threads);
+        util_err_set(err, errlen, "expert_io: threads %d out of range 1..256", c->threads);
         return -1;
     }
     if (c->queue_depth < 1 || c->queue_depth > 4096) {
-        err_set(err, errlen, "expert_io: queue_depth %d out of range 1..4096", c->queue_depth);
+        util_err_set(err, errlen, "expert_io: queue_depth %d out of range 1..4096", c->queue_depth);
         return -1;
     }
     if (c->chunk_bytes % EXPERT_IO_ALIGN || c->chunk_bytes > MAX_CHUNK) {
-        err_set(err, errlen, "expert_io: chunk_bytes %zu must be a multiple of %d, at most %d", c->chunk_bytes,
+        util_err_set(err, errlen, "expert_io: chunk_bytes %zu must be a multiple of %d, at most %d", c->chunk_bytes,
                 EXPERT_IO_ALIGN, MAX_CHUNK);
         return -1;
     }
     if (c->max_requests < 1) {
-        err_set(err, errlen, "expert_io: max_requests %d must be positive", c->max_requests);
+        util_err_set(err, errlen, "expert_io: max_requests %d must be positive", c->max_requests);
         return -1;
     }
     const char *var = c->fail_env ? c->fail_env : "FLASHMOE_IO_FAIL_AFTER", *env = getenv(var);
@@ -515,7 +508,7 @@ static int config_check(expert_io_config *c, char *err, size_t errlen) {
         errno = 0;
         long n = strtol(env, &end, 10);
         if (errno || *end || n < 0) {
-            err_set(err, errlen, "%s='%s' is not a number of requests", var, env);
+            util_err_set(err, errlen, "%s='%s' is not a number of requests", var, env);
             return -1;
         }
         c->fail_after = n;
@@ -535,13 +528,13 @@ static void threads_stop(expert_io *io) {
 static int threads_start(expert_io *io, char *err, size_t errlen) {
     io->threads = calloc((size_t)io->cfg.threads, sizeof *io->threads);
     if (!io->threads) {
-        err_set(err, errlen, "expert_io: out of memory");
+        util_err_set(err, errlen, "expert_io: out of memory");
         return -1;
     }
     for (int i = 0; i < io->cfg.threads; i++) {
         int rc = pthread_create(&io->threads[i], NULL, reader_main, io);
         if (rc) {
-            err_set(err, errlen, "expert_io: cannot start reader thread %d: %s", i, strerror(rc));
+            util_err_set(err, errlen, "expert_io: cannot start reader thread %d: %s", i, strerror(rc));
             return -1;
         }
         io->n_threads++;
@@ -553,14 +546,14 @@ static int uring_start(expert_io *io, char *err, size_t errlen) {
     int qd = io->cfg.queue_depth;
     int rc = io_uring_queue_init((unsigned)qd, &io->ring, 0);
     if (rc < 0) {
-        err_set(err, errlen, "%s", strerror(-rc));
+        util_err_set(err, errlen, "%s", strerror(-rc));
         return -1;
     }
     io->ring_ok = 1;
     io->slots = calloc((size_t)qd, sizeof *io->slots);
     io->free_slots = calloc((size_t)qd, sizeof *io->free_slots);
     if (!io->slots || !io->free_slots) {
-        err_set(err, errlen, "out of memory");
+        util_err_set(err, errlen, "out of memory");
         return -1;
     }
     for (int i = 0; i < qd; i++) io->free_slots[io->n_free++] = qd - 1 - i;
@@ -570,7 +563,7 @@ static int uring_start(expert_io *io, char *err, size_t errlen) {
 expert_io *expert_io_create(const expert_io_config *cfg, char *err, size_t errlen) {
     expert_io *io = calloc(1, sizeof *io);
     if (!io) {
-        err_set(err, errlen, "expert_io: out of memory");
+        util_err_set(err, errlen, "expert_io: out of memory");
         return NULL;
     }
     if (cfg) io->cfg = *cfg;
@@ -581,7 +574,7 @@ expert_io *expert_io_create(const expert_io_config *cfg, char *err, size_t errle
     io->reqs = calloc((size_t)io->cfg.max_requests, sizeof *io->reqs);
     io->done = calloc((size_t)io->cfg.max_requests, sizeof *io->done);
     if (!io->reqs || !io->done) {
-        err_set(err, errlen, "expert_io: out of memory");
+        util_err_set(err, errlen, "expert_io: out of memory");
         goto fail;
     }
     io->backend = io->cfg.backend;
@@ -628,23 +621,23 @@ void expert_io_free(expert_io *io) {
 
 static int req_check(const expert_io *io, const expert_io_req *r, int index, char *err, size_t errlen) {
     if (r->n_pieces < 1 || r->n_pieces > EXPERT_IO_MAX_PIECES) {
-        err_set(err, errlen, "request %d: %d pieces (1..%d allowed)", index, r->n_pieces, EXPERT_IO_MAX_PIECES);
+        util_err_set(err, errlen, "request %d: %d pieces (1..%d allowed)", index, r->n_pieces, EXPERT_IO_MAX_PIECES);
         return -1;
     }
     for (int i = 0; i < r->n_pieces; i++) {
         const expert_io_piece *p = &r->piece[i];
         const io_file *f = file_get(io, p->fd);
         if (!f) {
-            err_set(err, errlen, "request %d piece %d: fd %d is not registered with the engine", index, i, p->fd);
+            util_err_set(err, errlen, "request %d piece %d: fd %d is not registered with the engine", index, i, p->fd);
             return -1;
         }
         if (!p->length || !p->dest || p->offset + p->length < p->offset) {
-            err_set(err, errlen, "%s: request %d piece %d: invalid range (offset %" PRIu64 ", length %zu, dest %p)",
+            util_err_set(err, errlen, "%s: request %d piece %d: invalid range (offset %" PRIu64 ", length %zu, dest %p)",
                     f->name, index, i, p->offset, p->length, p->dest);
             return -1;
         }
         if (f->direct && ((uintptr_t)p->dest - p->offset % EXPERT_IO_ALIGN) % EXPERT_IO_ALIGN) {
-            err_set(err, errlen,
+            util_err_set(err, errlen,
                     "%s: request %d piece %d: O_DIRECT needs dest - offset %% %d to be %d-aligned "
                     "(use expert_io_layout)",
                     f->name, index, i, EXPERT_IO_ALIGN, EXPERT_IO_ALIGN);
@@ -656,15 +649,15 @@ static int req_check(const expert_io *io, const expert_io_req *r, int index, cha
 
 int expert_io_submit(expert_io *io, const expert_io_req *reqs, int n, char *err, size_t errlen) {
     if (io->ring_dead) {
-        err_set(err, errlen, "expert_io: unusable after an earlier io_uring failure");
+        util_err_set(err, errlen, "expert_io: unusable after an earlier io_uring failure");
         return -1;
     }
     if (io->n_reqs) {
-        err_set(err, errlen, "expert_io_submit: a batch is still in flight (wait for it first)");
+        util_err_set(err, errlen, "expert_io_submit: a batch is still in flight (wait for it first)");
         return -1;
     }
     if (n < 0 || n > io->cfg.max_requests) {
-        err_set(err, errlen, "expert_io_submit: %d requests (at most %d per batch)", n, io->cfg.max_requests);
+        util_err_set(err, errlen, "expert_io_submit: %d requests (at most %d per batch)", n, io->cfg.max_requests);
         return -1;
     }
     for (int i = 0; i < n; i++)
@@ -699,7 +692,7 @@ int expert_io_wait_any(expert_io *io, int *index, char *err, size_t errlen) {
     for (;;) {
         if (io->failed) {
             if (io->inflight == 0) {
-                err_set(err, errlen, "%s", io->fail_msg);
+                util_err_set(err, errlen, "%s", io->fail_msg);
                 io->stats.failures++;
                 batch_reset(io);
                 rc = -1;

@@ -9,5 +9,7 @@ char *util_read_file(const char *path, size_t *len, char *err, size_t errlen);
 int util_path_join(char *out, size_t outlen, const char *dir, const char *name);
 int util_file_exists(const char *path);
 double util_now_seconds(void);
+/* printf into err (one line for the user); nothing when err is NULL or errlen 0 */
+void util_err_set(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif
