@@ -10,7 +10,6 @@
 #include "expert_cache.h"
 #include "util.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -13,7 +13,6 @@
 #include <inttypes.h>
 #include <liburing.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
