@@ -161,7 +161,8 @@ void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T
         kernel_matvec_mt(s->m->pool, Y, w, X);
         return;
     }
-    int threads = pool_size(s->m->pool), per = (w->rows + 4 * threads - 1) / (4 * threads);
+    /* one task per thread: each task prepares (quantizes, reorders) the T activation rows again */
+    int threads = pool_size(s->m->pool), per = (w->rows + threads - 1) / threads;
     per = (per + 15) / 16 * 16;
     matmul_job j = {Y, w, X, T, per};
     pool_run(s->m->pool, matmul_task, &j, (w->rows + per - 1) / per);
