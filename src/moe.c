@@ -10,9 +10,31 @@
 
 #include "state.h"
 
+typedef struct {
+    float *h;
+    const qmat *gate, *up;
+    const float *x;
+    int rows_per_task;
+} gate_up_job;
+
+static void gate_up_task(void *ctx, int task, int n_tasks) {
+    (void)n_tasks;
+    const gate_up_job *j = ctx;
+    int r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
+    if (r1 > j->gate->rows) r1 = j->gate->rows;
+    if (r0 < r1) kernel_swiglu_gate_up(j->h, j->gate, j->up, j->x, r0, r1);
+}
+
 /* Y = down(silu(gate X) * up X) over n rows */
 static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *X, int n, float *Y) {
     int inter = gate->rows;
+    if (n == 1) { /* decoding: the fused kernel prepares x once for gate and up, one task per thread */
+        int threads = pool_size(s->m->pool);
+        gate_up_job j = {s->eh, gate, up, X, (inter + threads - 1) / threads};
+        pool_run(s->m->pool, gate_up_task, &j, threads);
+        state_matmul(s, Y, down, s->eh, 1);
+        return;
+    }
     state_matmul(s, s->eh, gate, X, n);
     state_matmul(s, s->eu, up, X, n);
     for (size_t i = 0; i < (size_t)n * inter; i++) s->eh[i] = silu(s->eh[i]) * s->eu[i];
