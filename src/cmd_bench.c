@@ -35,13 +35,8 @@ static double proc_read_bytes(void) {
     return v;
 }
 
-static size_t qmat_bytes(const qmat *m) {
-    size_t n = (size_t)m->rows * m->cols;
-    if (!m->data) return 0;
-    if (m->type == DTYPE_F32) return 4 * n;
-    if (m->type == DTYPE_F16 || m->type == DTYPE_BF16) return 2 * n;
-    return n * dtype_bits(m->type) / 8 + 4 * n / m->group;
-}
+/* data plus bf16 scales and biases; 0 for a matrix the layer does not have */
+static size_t qmat_bytes(const qmat *m) { return m->data ? qmat_data_bytes(m) + 4 * qmat_group_count(m) : 0; }
 
 /* Resident bytes one token reads: every layer matrix and the lm_head (the embedding: one row). */
 static double dense_bytes_per_token(const model *m) {

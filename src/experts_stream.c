@@ -131,8 +131,6 @@ static int shard_fd(stream_source *s, const checkpoint *ck, int *fds, const void
     return -1;
 }
 
-static size_t matrix_bytes(const qmat *m) { return (size_t)m->rows * m->cols * (m->type == DTYPE_F32 ? 4 : 2); }
-
 static int open_hf(stream_source *s, const checkpoint *ck, const model_config *c, char *err, size_t errlen) {
     size_t n = (size_t)c->n_layers * c->n_experts;
     s->table = calloc(n, sizeof *s->table);
@@ -150,7 +148,7 @@ static int open_hf(stream_source *s, const checkpoint *ck, const model_config *c
         for (int p = 0; p < 3; p++) {
             slice *sl = &s->slices[e * 3 + p];
             if ((sl->fd = shard_fd(s, ck, fds, m[p]->data, &sl->offset, err, errlen)) < 0) goto out;
-            sl->length = matrix_bytes(m[p]);
+            sl->length = qmat_data_bytes(m[p]); /* HF experts: F32/BF16/F16 only */
         }
     }
     rc = 0;
