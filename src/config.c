@@ -178,9 +178,10 @@ static int parse_text_config(model_config *c, const cJSON *t, const char *path, 
                  path, c->n_heads, c->n_kv_heads, c->lin_k_heads, c->lin_v_heads, c->top_k, c->n_experts);
         return -1;
     }
-    if (c->lin_v_dim > 1024) {
-        snprintf(err, errlen, "%s: linear_value_head_dim %d is larger than this build supports (1024)", path,
-                 c->lin_v_dim);
+    if (c->lin_v_dim > 1024 || c->lin_k_dim > 1024 || c->conv_kernel > 9) {
+        snprintf(err, errlen,
+                 "%s: linear heads of dims %d/%d or a conv kernel of %d are larger than this build supports "
+                 "(1024, 1024, 9)", path, c->lin_k_dim, c->lin_v_dim, c->conv_kernel);
         return -1;
     }
     if (parse_rope(c, t, path, err, errlen)) return -1;

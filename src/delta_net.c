@@ -1,4 +1,5 @@
-/* Gated DeltaNet (linear-attention layers), recurrent form: one position at a time. */
+/* Gated DeltaNet (linear-attention layers), recurrent form: a chunk of positions at a time, the conv
+ * parallel over channels and the recurrence parallel over value heads. */
 #include <math.h>
 #include <string.h>
 
@@ -17,105 +18,178 @@ static void l2norm(float *x, int n, float eps) {
     for (int i = 0; i < n; i++) x[i] *= r;
 }
 
-/* Depthwise causal conv1d (no bias) over the new input and the last kernel-1 inputs, then SiLU; shifts
- * the new input into the conv state. */
-static void causal_conv_silu(float *x, float *conv_state, const float *weight, int channels, int kernel) {
-    int hist = kernel - 1;
-    for (int ch = 0; ch < channels; ch++) {
-        const float *wk = weight + (size_t)ch * kernel;
-        float acc = wk[hist] * x[ch];
-        for (int j = 0; j < hist; j++) acc += wk[j] * conv_state[(size_t)j * channels + ch];
-        for (int j = 0; j + 1 < hist; j++)
-            conv_state[(size_t)j * channels + ch] = conv_state[(size_t)(j + 1) * channels + ch];
-        if (hist > 0) conv_state[(size_t)(hist - 1) * channels + ch] = x[ch];
-        x[ch] = silu(acc);
-    }
-}
+typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, any alignment */
+#define AI static inline __attribute__((always_inline))
+
+/* ---- the causal conv over a chunk ---------------------------------------------------------------- */
 
 typedef struct {
     state *s;
-    int layer;
+    int layer, T;
     const layer_weights *w;
-    const float *q, *k, *v, *z, *b, *a;
-    float *o;
-} delta_heads;
+    float *qkv; /* [T][conv_dim]: replaced by the conv output, q and k l2-normalised, q scaled */
+} conv_job;
 
-/* The recurrence of value head h for one position, then its gated norm. */
-static void delta_head_task(void *ctx, int h, int n_heads) {
-    (void)n_heads;
-    const delta_heads *j = ctx;
+/* Depthwise causal conv1d (no bias) then SiLU over the T positions of channels [c0, c1), in place: each
+ * output takes the current and the last kernel-1 inputs (from the conv state before position 0). The
+ * conv state then holds the last kernel-1 inputs. Positions run backwards so that inputs are read before
+ * they are overwritten. */
+static void conv_channels(conv_job *j, int c0, int c1) {
     const model_config *c = &j->s->m->cfg;
-    int dk = c->lin_k_dim, dv = c->lin_v_dim, r = c->lin_v_heads / c->lin_k_heads;
-    /* beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias); decay = exp(g) */
-    float beta = sigmoid(j->b[h]);
-    float decay = expf(j->w->neg_A[h] * softplus(j->a[h] + j->w->dt_bias[h]));
-    const float *qh = j->q + (size_t)(h / r) * dk, *kh = j->k + (size_t)(h / r) * dk, *vh = j->v + (size_t)h * dv;
-    float *restrict S = j->s->rec_state[j->layer] + (size_t)h * dk * dv; /* [dk][dv], row i: key dim i */
-    float *restrict oh = j->o + (size_t)h * dv;
-    float u[DELTA_MAX_DV];
-    /* S = decay * S and u = S^T k, in one pass over the rows of S */
-    for (int jj = 0; jj < dv; jj++) u[jj] = 0.0f;
-    for (int i = 0; i < dk; i++) {
-        float *restrict Si = S + (size_t)i * dv, ki = kh[i];
-        for (int jj = 0; jj < dv; jj++) {
-            Si[jj] *= decay;
-            u[jj] += ki * Si[jj];
+    int K = c->conv_kernel, hist = K - 1, T = j->T;
+    int conv_dim = 2 * c->lin_k_heads * c->lin_k_dim + c->lin_v_heads * c->lin_v_dim;
+    float *st = j->s->conv_state[j->layer], *x = j->qkv;
+    float keep[8][DELTA_MAX_DV]; /* the new conv state of these channels (hist <= 8, c1 - c0 <= DELTA_MAX_DV) */
+    for (int h = 0; h < hist; h++) { /* input h of the last hist: position T - hist + h */
+        int t = T - hist + h;
+        for (int ch = c0; ch < c1; ch++)
+            keep[h][ch - c0] = t >= 0 ? x[(size_t)t * conv_dim + ch] : st[(size_t)(t + hist) * conv_dim + ch];
+    }
+    for (int t = T - 1; t >= 0; t--) {
+        for (int ch = c0; ch < c1; ch++) {
+            const float *wk = j->w->conv_w + (size_t)ch * K;
+            float acc = wk[hist] * x[(size_t)t * conv_dim + ch];
+            for (int h = 0; h < hist; h++) { /* input t - hist + h */
+                int u = t - hist + h;
+                acc += wk[h] * (u >= 0 ? x[(size_t)u * conv_dim + ch] : st[(size_t)(u + hist) * conv_dim + ch]);
+            }
+            x[(size_t)t * conv_dim + ch] = silu(acc);
         }
     }
-    /* delta = beta (v - u); S += k delta^T and o = S^T q, in a second pass */
-    for (int jj = 0; jj < dv; jj++) {
-        u[jj] = beta * (vh[jj] - u[jj]);
-        oh[jj] = 0.0f;
-    }
-    for (int i = 0; i < dk; i++) {
-        float *restrict Si = S + (size_t)i * dv, ki = kh[i], qi = qh[i];
-        for (int jj = 0; jj < dv; jj++) {
-            Si[jj] += ki * u[jj];
-            oh[jj] += qi * Si[jj];
-        }
-    }
-    /* gated norm: w * rmsnorm(o) * silu(z), plain weight */
-    const float *zh = j->z + (size_t)h * dv;
-    rmsnorm(oh, oh, j->w->gdn_norm, dv, c->norm_eps);
-    for (int jj = 0; jj < dv; jj++) oh[jj] *= silu(zh[jj]);
+    for (int h = 0; h < hist; h++)
+        for (int ch = c0; ch < c1; ch++) st[(size_t)h * conv_dim + ch] = keep[h][ch - c0];
 }
 
-/* One position: conv, normalisation, gates and the recurrence for every value head, then the gated
- * norm; qkv [conv_dim] is replaced by the conv output, o [value_dim] receives the result. */
-static void delta_net_step(state *s, int layer, const layer_weights *w, float *qkv, const float *z,
-                           const float *b, const float *a, float *o) {
-    const model_config *c = &s->m->cfg;
-    int Hk = c->lin_k_heads, Hv = c->lin_v_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
-    int key_dim = Hk * dk, conv_dim = 2 * key_dim + Hv * dv;
-
-    causal_conv_silu(qkv, s->conv_state[layer], w->conv_w, conv_dim, c->conv_kernel);
-    float *q = qkv, *k = qkv + key_dim, *v = qkv + 2 * key_dim;
-
-    /* q, k: l2-normalised per head; q scaled by 1/sqrt(dk) */
+/* Task i: the conv of one head's channels: q heads, then k heads (both l2-normalised per position
+ * afterwards, q also scaled by 1/sqrt(dk)), then v heads. */
+static void conv_task(void *ctx, int i, int n_tasks) {
+    (void)n_tasks;
+    conv_job *j = ctx;
+    const model_config *c = &j->s->m->cfg;
+    int Hk = c->lin_k_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
+    int conv_dim = 2 * Hk * dk + c->lin_v_heads * dv;
+    int c0 = i < 2 * Hk ? i * dk : 2 * Hk * dk + (i - 2 * Hk) * dv, c1 = c0 + (i < 2 * Hk ? dk : dv);
+    conv_channels(j, c0, c1);
+    if (i >= 2 * Hk) return;
     float qscale = 1.0f / sqrtf((float)dk);
-    for (int h = 0; h < Hk; h++) {
-        l2norm(q + (size_t)h * dk, dk, 1e-6f);
-        l2norm(k + (size_t)h * dk, dk, 1e-6f);
-        for (int i = 0; i < dk; i++) q[(size_t)h * dk + i] *= qscale;
+    for (int t = 0; t < j->T; t++) {
+        float *h = j->qkv + (size_t)t * conv_dim + c0;
+        l2norm(h, dk, 1e-6f);
+        if (i < Hk)
+            for (int d = 0; d < dk; d++) h[d] *= qscale;
     }
+}
 
-    delta_heads job = {s, layer, w, q, k, v, z, b, a, o};
-    pool_run(s->m->pool, delta_head_task, &job, Hv);
+/* ---- the recurrence -------------------------------------------------------------------------------- */
+
+typedef struct {
+    state *s;
+    int layer, T;
+    const layer_weights *w;
+    const float *qkv, *z, *b, *a; /* [T][conv_dim] (conv output), [T][value_dim], [T][Hv] x2 */
+    float *o;                     /* [T][value_dim] */
+} delta_heads;
+
+/* For each position t, with S the state [dk][dv] before it, decay d = exp(g_t) and beta_t:
+ *     S' = d S + k delta^T,  delta = beta (v - d S^T k),  o = S'^T q = d S^T q + delta (k . q)
+ * so one pass over S per position updates it and, at the same time, accumulates S'^T k_{t+1} and
+ * S'^T q_{t+1} for the next position (a pass over S before position 0 starts it). Columns of S are taken
+ * 16 at a time in registers (dv not a multiple of 16: the rest one at a time). */
+AI void head_positions(const delta_heads *j, int h) {
+    const model_config *c = &j->s->m->cfg;
+    int dk = c->lin_k_dim, dv = c->lin_v_dim, Hk = c->lin_k_heads, Hv = c->lin_v_heads, r = Hv / Hk;
+    size_t conv_dim = (size_t)2 * Hk * dk + (size_t)Hv * dv, value_dim = (size_t)Hv * dv;
+    float *restrict S = j->s->rec_state[j->layer] + (size_t)h * dk * dv; /* [dk][dv], row i: key dim i */
+    float sk[DELTA_MAX_DV], sq[DELTA_MAX_DV], delta[DELTA_MAX_DV]; /* S^T k_t, S^T q_t; delta */
+    const int vb = dv / 16 * 16;
+    for (int t = 0; t < j->T; t++) {
+        const float *row = j->qkv + (size_t)t * conv_dim;
+        const float *qh = row + (size_t)(h / r) * dk, *kh = row + (size_t)(Hk + h / r) * dk;
+        const float *vh = row + (size_t)2 * Hk * dk + (size_t)h * dv;
+        if (t == 0) { /* S^T k_0, S^T q_0 */
+            for (int jj = 0; jj < dv; jj++) sk[jj] = sq[jj] = 0.0f;
+            for (int i = 0; i < dk; i++)
+                for (int jj = 0; jj < dv; jj++) {
+                    sk[jj] += kh[i] * S[(size_t)i * dv + jj];
+                    sq[jj] += qh[i] * S[(size_t)i * dv + jj];
+                }
+        }
+        /* beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias); decay = exp(g) */
+        float beta = sigmoid(j->b[(size_t)t * Hv + h]);
+        float d = expf(j->w->neg_A[h] * softplus(j->a[(size_t)t * Hv + h] + j->w->dt_bias[h]));
+        float kq = 0.0f;
+        for (int i = 0; i < dk; i++) kq += kh[i] * qh[i];
+        float *oh = j->o + (size_t)t * value_dim + (size_t)h * dv;
+        for (int jj = 0; jj < dv; jj++) {
+            delta[jj] = beta * (vh[jj] - d * sk[jj]);
+            oh[jj] = d * sq[jj] + delta[jj] * kq;
+        }
+        /* S = d S + k delta^T, and S^T k_{t+1}, S^T q_{t+1} of the new S */
+        int next = t + 1 < j->T;
+        const float *rn = row + conv_dim;
+        const float *qn = next ? rn + (size_t)(h / r) * dk : qh, *kn = next ? rn + (size_t)(Hk + h / r) * dk : kh;
+        for (int jb = 0; jb < vb; jb += 16) {
+            v8 d0 = *(const v8 *)(delta + jb), d1 = *(const v8 *)(delta + jb + 8);
+            v8 k0 = {0}, k1 = {0}, q0 = {0}, q1 = {0};
+            for (int i = 0; i < dk; i++) {
+                v8 *p = (v8 *)(S + (size_t)i * dv + jb);
+                v8 s0 = p[0] * d + kh[i] * d0, s1 = p[1] * d + kh[i] * d1;
+                p[0] = s0;
+                p[1] = s1;
+                k0 += kn[i] * s0;
+                k1 += kn[i] * s1;
+                q0 += qn[i] * s0;
+                q1 += qn[i] * s1;
+            }
+            *(v8 *)(sk + jb) = k0;
+            *(v8 *)(sk + jb + 8) = k1;
+            *(v8 *)(sq + jb) = q0;
+            *(v8 *)(sq + jb + 8) = q1;
+        }
+        for (int jj = vb; jj < dv; jj++) {
+            float k0 = 0.0f, q0 = 0.0f;
+            for (int i = 0; i < dk; i++) {
+                float *p = S + (size_t)i * dv + jj;
+                *p = *p * d + kh[i] * delta[jj];
+                k0 += kn[i] * *p;
+                q0 += qn[i] * *p;
+            }
+            sk[jj] = k0;
+            sq[jj] = q0;
+        }
+        /* gated norm: w * rmsnorm(o) * silu(z), plain weight */
+        const float *zh = j->z + (size_t)t * value_dim + (size_t)h * dv;
+        rmsnorm(oh, oh, j->w->gdn_norm, dv, c->norm_eps);
+        for (int jj = 0; jj < dv; jj++) oh[jj] *= silu(zh[jj]);
+    }
+}
+
+static void head_task_generic(void *ctx, int h, int n) {
+    (void)n;
+    head_positions(ctx, h);
+}
+
+/* The same, compiled for AVX2 + FMA (taken when the kernels run at that level or above). */
+__attribute__((target("avx2,fma"))) static void head_task_avx2(void *ctx, int h, int n) {
+    (void)n;
+    head_positions(ctx, h);
 }
 
 void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out) {
     const model_config *c = &s->m->cfg;
     int Hv = c->lin_v_heads, value_dim = Hv * c->lin_v_dim;
-    int conv_dim = 2 * c->lin_k_heads * c->lin_k_dim + value_dim;
 
     /* in_proj_qkv(x), in_proj_z(x), in_proj_b(x), in_proj_a(x) for all T positions at once */
     state_matmul(s, s->qkv, &w->in_qkv, xn, T);
     state_matmul(s, s->z, &w->in_z, xn, T);
     state_matmul(s, s->beta, &w->in_b, xn, T);
     state_matmul(s, s->decay, &w->in_a, xn, T);
-    /* the conv and the recurrence are sequential in position */
-    for (int t = 0; t < T; t++)
-        delta_net_step(s, layer, w, s->qkv + (size_t)t * conv_dim, s->z + (size_t)t * value_dim,
-                       s->beta + (size_t)t * Hv, s->decay + (size_t)t * Hv, s->o + (size_t)t * value_dim);
+    /* the conv, one task per head's channels; then the recurrence, one task per value head over all T
+     * positions (sequential in position) */
+    conv_job cj = {s, layer, T, w, s->qkv};
+    pool_run(s->m->pool, conv_task, &cj, 2 * c->lin_k_heads + Hv);
+    delta_heads job = {s, layer, T, w, s->qkv, s->z, s->beta, s->decay, s->o};
+    pool_run(s->m->pool, kernel_level_active() >= KERNEL_AVX2 ? head_task_avx2 : head_task_generic, &job, Hv);
+    (void)value_dim;
     state_matmul(s, out, &w->out_proj, s->o, T); /* out_proj */
 }

@@ -51,7 +51,7 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->qg = zalloc(C * c->n_heads * c->head_dim * 2, &ok);
     s->q = zalloc((size_t)c->n_heads * c->head_dim, &ok);
     s->att = zalloc(C * c->n_heads * c->head_dim, &ok);
-    s->scores = zalloc((size_t)max_ctx, &ok);
+    s->scores = zalloc((size_t)max_ctx * pool_size(m->pool), &ok); /* one row per thread */
     s->qkv = zalloc(C * conv_dim, &ok);
     s->z = zalloc(C * value_dim, &ok);
     s->beta = zalloc(C * c->lin_v_heads, &ok);

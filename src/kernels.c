@@ -92,6 +92,16 @@ static float quant_value(const qmat *w, int r, int c) {
     return (float)q * bf16_to_f32(w->scales[g]) + bf16_to_f32(w->biases[g]);
 }
 
+float kernel_weight(const qmat *w, int r, int c) {
+    size_t i = (size_t)r * w->cols + c;
+    switch (w->type) {
+    case DTYPE_F32: return ((const float *)w->data)[i];
+    case DTYPE_F16: return f16_to_f32(((const uint16_t *)w->data)[i]);
+    case DTYPE_BF16: return bf16_to_f32(((const uint16_t *)w->data)[i]);
+    default: return quant_value(w, r, c);
+    }
+}
+
 void kernel_row_f32(float *out, const qmat *w, int row) {
     size_t base = (size_t)row * w->cols;
     switch (w->type) {
@@ -394,7 +404,8 @@ void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, 
             kernel_matvec_rows_ref(Y + (size_t)j * w->rows, w, X + (size_t)j * w->cols, r0, r1);
         return;
     }
-    if (n > 0) rows_run(ops, w, X, n, r0, r1, (rows_out){Y + r0, (size_t)w->rows, 1.0f, 0});
+    if (ops->gemm && n >= ops->gemm_min_n) ops->gemm(Y, w, X, n, r0, r1);
+    else if (n > 0) rows_run(ops, w, X, n, r0, r1, (rows_out){Y + r0, (size_t)w->rows, 1.0f, 0});
 }
 
 void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float weight, int r0, int r1) {

@@ -61,6 +61,12 @@ typedef struct {
  * in the 16 AVX2 registers for 2 (4 spilled, and measured slower than the f32 path's matmat). */
 #define KERNEL_QNB 2
 
+/* Rows of X from which kernel_matmat_rows takes the panel GEMM instead of the row kernels (measured:
+ * bench/kernels.c). */
+#ifndef GEMM_MIN_N
+#define GEMM_MIN_N 3
+#endif
+
 /* out[(r - r0) * nb + j] = W[r][c0, c1) . x_j for r0 <= r < r1 and j < nb (1 <= nb <= KERNEL_NB),
  * x_j given by xv[j] relative to c0. c0 is a multiple of KERNEL_CHUNK_ALIGN; c1 is c0 + chunk or
  * cols. The driver passes at most KERNEL_ROWS_MAX rows per call. */
@@ -85,7 +91,16 @@ typedef struct {
     /* The int16 path's x preparation (see kernel_xview): xq and xd of x[0, n), n a multiple of
      * group; xd gets ng = n / group scales. */
     void (*quant_x16)(const float *x, int n, int group, int qp, int16_t *xq, int16_t *xl, float *xd);
+    /* Y = X W^T for rows [r0, r1) when n >= gemm_min_n (kernel_matmat_rows' contract): W unpacked once
+     * into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
+    void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+    int gemm_min_n;
 } kernel_ops;
+
+/* The panel GEMM (kernels_gemm_avx2.c), for the AVX2 and AVX-512 levels. */
+void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+/* Value c of row r of w as f32 (the scalar reference's unpacking). */
+float kernel_weight(const qmat *w, int r, int c);
 
 /* NULL when the level was not compiled in (non-x86 build). Callers check the CPU first. */
 const kernel_ops *kernel_ops_avx2(void);
