@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "expert_io.h"
+#include "kernels.h"
 #include "model.h"
 #include "packed.h"
 #include "util.h"
@@ -49,6 +50,27 @@ static double dense_bytes_per_token(const model *m) {
         for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) b += (double)qmat_bytes(ms[i]);
     }
     return b;
+}
+
+/* Multiply-adds a prompt token costs on average over a prompt of p tokens: every layer matrix (not the
+ * lm_head: a prompt needs the logits of its last token only), the K routed experts, the delta net's
+ * recurrence (4 dk x dv per value head: decay-and-read, update, output) and attention over (p + 1) / 2
+ * positions on average (q k and p v per query head). */
+static double prefill_macs_per_token(const model *m, int p) {
+    const model_config *c = &m->cfg;
+    double macs = (double)m->top_k * 3 * c->hidden_size * c->expert_inter;
+    macs *= c->n_layers;
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *w = &m->layers[l];
+        const qmat *ms[] = {&w->q_proj, &w->k_proj, &w->v_proj, &w->o_proj, &w->in_qkv, &w->in_z, &w->in_b,
+                            &w->in_a, &w->out_proj, &w->router, &w->sh_gate, &w->sh_up, &w->sh_down,
+                            &w->sh_expert_gate};
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+            if (ms[i]->data) macs += (double)ms[i]->rows * ms[i]->cols;
+        if (w->type == LAYER_FULL_ATTENTION) macs += 2.0 * c->n_heads * c->head_dim * (p + 1) / 2.0;
+        else macs += 4.0 * c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
+    }
+    return macs;
 }
 
 typedef struct {
@@ -225,6 +247,7 @@ int cmd_bench(int argc, char **argv) {
     double peak = -1;
     pool *bw_pool = pool_create(ea.mo.threads > 1 ? ea.mo.threads : 1);
     double mem_bw = measure_mem_bw(bw_pool, (size_t)256 << 20);
+    double peak_macs = kernel_peak_mac_rate(bw_pool, 0.3); /* the prefill floor's arithmetic peak */
     pool_free(bw_pool);
     /* the disk, before any cap: a property of the hardware (1 GiB of random expert records) */
     double disk_bw = measure_disk_bw(ea.dir, 8, (size_t)1 << 30, err, sizeof err);
@@ -242,7 +265,7 @@ int cmd_bench(int argc, char **argv) {
     float *logits = m ? malloc(sizeof(float) * (size_t)m->cfg.vocab_size) : NULL;
     int32_t *prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
     double *pre = calloc((size_t)reps, sizeof(double)), *dec = calloc((size_t)reps, sizeof(double));
-    double disk_bytes = 0, expert_bytes = 0;
+    double disk_bytes = 0, expert_bytes = 0, pre_disk_bytes = 0;
     if (!s || !logits || !prompt || !pre || !dec) {
         fprintf(stderr, "flashmoe bench: %s\n", s ? "out of memory" : err);
         goto out;
@@ -263,9 +286,10 @@ int cmd_bench(int argc, char **argv) {
             }
         }
         state_reset(s);
-        double t0 = util_now_seconds();
+        double io_p = proc_read_bytes(), t0 = util_now_seconds();
         if (model_forward(m, s, prompt, n_prompt, logits, 0, err, sizeof err)) goto fail;
         double t1 = util_now_seconds(), io0 = proc_read_bytes();
+        pre_disk_bytes += (io0 - io_p) / n_prompt / reps;
         experts_stats_get(m->experts, &st0);
         for (int t = 0; t < n_gen; t++) {
             int32_t best = 0;
@@ -292,6 +316,10 @@ int cmd_bench(int argc, char **argv) {
     double mem_bytes = dense_bytes_per_token(m) + (double)m->top_k * m->cfg.n_layers * (double)rec;
     double t_disk = disk_bw > 0 ? disk_bytes / disk_bw : 0, t_mem = mem_bw > 0 ? mem_bytes / mem_bw : 0;
     double floor_s = t_disk > t_mem ? t_disk : t_mem, frac = floor_s * dm;
+    /* prefill: the larger of its arithmetic over the measured peak and the bytes it read over the disk */
+    double pre_macs = prefill_macs_per_token(m, n_prompt);
+    double tp_cpu = peak_macs > 0 ? pre_macs / peak_macs : 0, tp_disk = disk_bw > 0 ? pre_disk_bytes / disk_bw : 0;
+    double pre_floor = tp_cpu > tp_disk ? tp_cpu : tp_disk, pre_frac = pre_floor * pm;
     uint64_t asked = st.hits + st.misses;
     double hit = asked ? (double)st.hits / asked : 0;
     if (cg[0]) release_cap(cg, &peak);
@@ -316,6 +344,11 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "floor_decode_tok_s", floor_s > 0 ? 1 / floor_s : 0);
         cJSON_AddNumberToObject(o, "fraction_of_floor", frac);
         cJSON_AddNumberToObject(o, "cache_hit_rate", hit);
+        cJSON_AddNumberToObject(o, "prefill_macs_per_token", pre_macs);
+        cJSON_AddNumberToObject(o, "peak_macs_per_s", peak_macs);
+        cJSON_AddNumberToObject(o, "prefill_disk_bytes_per_token", pre_disk_bytes);
+        cJSON_AddNumberToObject(o, "floor_prefill_tok_s", pre_floor > 0 ? 1 / pre_floor : 0);
+        cJSON_AddNumberToObject(o, "prefill_fraction_of_floor", pre_frac);
         cJSON_AddNumberToObject(o, "peak_cgroup_bytes", peak);
         char *text = cJSON_PrintUnformatted(o);
         printf("%s\n", text);
@@ -330,8 +363,12 @@ int cmd_bench(int argc, char **argv) {
                disk_bytes / 1e6, expert_bytes / 1e6, mem_bytes / 1e6);
         printf("measured: disk %.2f GB/s (random O_DIRECT expert records), memory %.2f GB/s (%d threads)\n",
                disk_bw / 1e9, mem_bw / 1e9, ea.mo.threads ? ea.mo.threads : 1);
-        printf("floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
+        printf("decode floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
                floor_s > 0 ? 1 / floor_s : 0, 1e3 * t_disk, 1e3 * t_mem, 100 * frac);
+        printf("prefill floor: %.2f tok/s (compute %.2f G multiply-adds per token at a measured %.1f G/s f32 FMA "
+               "peak: %.1f ms; disk %.1f MB per token: %.1f ms); achieved %.0f%% of the floor\n",
+               pre_floor > 0 ? 1 / pre_floor : 0, pre_macs / 1e9, peak_macs / 1e9, 1e3 * tp_cpu, pre_disk_bytes / 1e6,
+               1e3 * tp_disk, 100 * pre_frac);
         printf("expert cache hit rate %.1f%%%s", 100 * hit, cap_mb ? "" : "\n");
         if (cap_mb) printf(", peak memory %.0f MiB of the %d MiB cap\n", peak / 1048576, cap_mb);
     }

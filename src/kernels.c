@@ -2,6 +2,7 @@
  * choice of SIMD level, and the level-independent drivers (column chunks, prepared x, fused expert
  * operations, threads) around each level's row kernels (kernels_avx2.c, kernels_avx512.c). */
 #include "kernels_impl.h"
+#include "util.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -490,4 +491,43 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
         j.xv = &xv;
     }
     pool_run(p, matvec_task, &j, (w->rows + per - 1) / per);
+}
+
+/* ---- the arithmetic peak ----------------------------------------------------------------------- */
+
+typedef struct {
+    double seconds, rate[256];
+} peak_job;
+
+static void peak_task(void *arg, int t, int n_tasks) {
+    (void)n_tasks;
+    peak_job *j = arg;
+    double r = 0.0;
+#if defined(__x86_64__)
+    if (kernel_level_active() >= KERNEL_AVX2) r = kernel_fma_rate_avx2(j->seconds);
+#endif
+    if (r == 0.0) { /* scalar: 8 independent chains */
+        volatile float seed = 0.9999f;
+        float a[8], m = seed;
+        for (int i = 0; i < 8; i++) a[i] = 0.001f * (float)i;
+        long iters = 0;
+        double t0 = util_now_seconds(), dt;
+        do {
+            for (int k = 0; k < 4096; k++)
+                for (int i = 0; i < 8; i++) a[i] = a[i] * m + 1e-6f;
+            iters += 4096;
+        } while ((dt = util_now_seconds() - t0) < j->seconds);
+        seed = a[0] + a[7];
+        r = (double)iters * 8 / dt;
+    }
+    if (t < 256) j->rate[t] = r;
+}
+
+double kernel_peak_mac_rate(pool *p, double seconds) {
+    peak_job j = {.seconds = seconds};
+    int n = pool_size(p) < 256 ? pool_size(p) : 256;
+    pool_run(p, peak_task, &j, n);
+    double sum = 0.0;
+    for (int t = 0; t < n; t++) sum += j.rate[t];
+    return sum;
 }

@@ -54,6 +54,10 @@ void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float 
  * the f32 rounding), else 0. */
 int kernel_uses_int16_x(const qmat *w);
 
+/* The CPU's f32 multiply-add peak, measured: every thread of the pool runs a register-only FMA loop for
+ * `seconds` at once; the sum of their rates (multiply-adds per second). Scalar level: a scalar loop. */
+double kernel_peak_mac_rate(pool *p, double seconds);
+
 /* The scalar reference of kernel_matvec_rows, whatever level is active (tests, tools). */
 void kernel_matvec_rows_ref(float *y, const qmat *w, const float *x, int r0, int r1);
 

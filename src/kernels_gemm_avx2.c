@@ -24,6 +24,7 @@
 #include <immintrin.h>
 
 #include "kernels_impl.h"
+#include "util.h"
 
 #define AI static inline __attribute__((always_inline))
 /* Loops over the tile's activation rows, unrolled so that the accumulators live in registers. */
@@ -31,6 +32,7 @@
 #define GEMM_MR 16  /* weight rows per panel: two vectors */
 #define GEMM_NR 6   /* activation rows per micro tile: 12 accumulators */
 #define GEMM_KC 256 /* columns per panel: 16 KB of f32, in L1 */
+#define PREFETCH_PANELS 2 /* how far ahead panels' weights are prefetched */
 #define GEMM_NB 96  /* activation rows per pass: their GEMM_KC columns (96 KB) stay in L2 */
 
 /* 8 x 8 transpose of 32-bit lanes: on return v[k] holds lane k of the input vectors 0..7. */
@@ -219,6 +221,11 @@ static void prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc) {
     for (int i = 0; i < nr; i++) {
         const char *p = (const char *)w->data + (size_t)(rb + i) * row_bytes + start;
         for (size_t o = 0; o < len; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+        if (dtype_is_quant(w->type)) { /* the row's scales and biases for these columns */
+            size_t g = (size_t)(rb + i) * (w->cols / w->group) + kb / w->group;
+            _mm_prefetch((const char *)(w->scales + g), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w->biases + g), _MM_HINT_T0);
+        }
     }
 }
 
@@ -233,7 +240,12 @@ void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, in
             pack_x(Xp, X, ldx, jb, je, kb, kc);
             for (int rb = r0; rb < r1; rb += GEMM_MR) {
                 int nr = r1 - rb < GEMM_MR ? r1 - rb : GEMM_MR;
-                if (rb + GEMM_MR < r1) prefetch_panel(w, rb + GEMM_MR, r1 - rb - GEMM_MR < GEMM_MR ? r1 - rb - GEMM_MR : GEMM_MR, kb, kc);
+                /* the panel after next: one panel's work is shorter than a miss to memory */
+                int pb = rb + PREFETCH_PANELS * GEMM_MR, pk = kb;
+                if (pb >= r1) pb = r0 + (pb - r1), pk = kb + GEMM_KC;
+                if (pb < r1 && pk < w->cols)
+                    prefetch_panel(w, pb, r1 - pb < GEMM_MR ? r1 - pb : GEMM_MR, pk,
+                                   w->cols - pk < GEMM_KC ? w->cols - pk : GEMM_KC);
                 panel_fill(P, w, rb, nr, kb, kc);
                 for (int j = jb; j < je; j += GEMM_NR) {
                     const float *x = Xp + (size_t)(j - jb) / GEMM_NR * kc * GEMM_NR;
@@ -250,6 +262,28 @@ void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, in
             }
         }
     }
+}
+
+/* Multiply-adds per second this thread's FMA units sustain: 12 independent chains of 8-lane FMAs on
+ * registers (no memory traffic), for at least `seconds`. The hardware's arithmetic peak for f32, against
+ * which `flashmoe bench` sets the prefill floor. */
+double kernel_fma_rate_avx2(double seconds) {
+    __m256 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps(0.001f * (float)i);
+    const __m256 m = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(1e-6f);
+    long iters = 0;
+    double t0 = util_now_seconds(), dt;
+    do {
+        for (int r = 0; r < 4096; r++) {
+#pragma GCC unroll 12
+            for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+        }
+        iters += 4096;
+    } while ((dt = util_now_seconds() - t0) < seconds);
+    float sink = 0.0f;
+    for (int i = 0; i < 12; i++) sink += _mm256_cvtss_f32(a[i]);
+    __asm__ volatile("" : : "x"(sink)); /* keep the chains */
+    return (double)iters * 12 * 8 / dt;
 }
 
 #else

@@ -99,6 +99,8 @@ typedef struct {
 
 /* The panel GEMM (kernels_gemm_avx2.c), for the AVX2 and AVX-512 levels. */
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+/* Multiply-adds per second of this thread's AVX2 FMA units over `seconds` (kernels_gemm_avx2.c). */
+double kernel_fma_rate_avx2(double seconds);
 /* Value c of row r of w as f32 (the scalar reference's unpacking). */
 float kernel_weight(const qmat *w, int r, int c);
 

@@ -25,7 +25,7 @@ typedef struct {
     experts_io_mode io;  /* how experts are read: CACHE (default), DIRECT, or MMAP (HF checkpoints only) */
     size_t cache_bytes;  /* DIRECT: the in-process expert cache's budget */
     int io_threads_only; /* 1: reader threads instead of io_uring */
-    int prefill_chunk;   /* positions run together when a prompt is processed; 0: 64 */
+    int prefill_chunk;   /* positions run together when a prompt is processed; 0: 512 */
     int prefetch;        /* DIRECT only: while decoding, read the experts predicted for the next layer ahead */
 } model_opts;
 
