@@ -9,8 +9,9 @@ OUT=${2:-bench/results}
 mkdir -p "$OUT"
 [ -f "$M/flashmoe.json" ] || $BIN synth --like qwen3.5-35b-a3b --experts q4 --dense q4 -o "$M"
 run() { name=$1; shift; echo "== $name: flashmoe bench -m $M $*" | tee "$OUT/$name.txt"; $BIN bench -m "$M" "$@" 2>/dev/null | tee -a "$OUT/$name.txt"; }
-run q35b-q4-ram-mmap -p 256 -n 64 -r 3 --threads 2 --io mmap
+cat "$M"/* >/dev/null # in RAM: the whole model in the page cache before the first repetition
+run q35b-q4-ram-mmap -p 512 -n 64 -r 3 --threads 2 --io mmap
 sync; echo 3 >/proc/sys/vm/drop_caches
-run q35b-q4-cap4g-direct-cold -p 32 -n 32 -r 2 --threads 2 --io direct --cache-mb 2048 --cap-mb 4096 --cold
-run q35b-q4-cap4g-direct-warm -p 32 -n 32 -r 2 --threads 2 --io direct --cache-mb 2048 --cap-mb 4096
+run q35b-q4-cap4g-direct-cold -p 512 -n 32 -r 2 --threads 2 --io direct --cache-mb 2048 --cap-mb 4096 --cold
+run q35b-q4-cap4g-direct-warm -p 512 -n 32 -r 2 --threads 2 --io direct --cache-mb 2048 --cap-mb 4096
 run q35b-q4-cap4g-cache-warm -p 32 -n 32 -r 2 --threads 2 --io cache --cap-mb 4096

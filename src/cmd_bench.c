@@ -6,7 +6,11 @@
  * K experts of every layer. Disk bandwidth (random expert-record reads with O_DIRECT, through the same
  * I/O engine) and memory bandwidth (a streaming read of a buffer on all threads) are measured in the
  * same run. The floor is the larger of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can overlap
- * compute); the achieved fraction is floor / measured time per token. */
+ * compute); the achieved fraction is floor / measured time per token.
+ *
+ * Prefill has its own floor: the larger of its arithmetic (multiply-adds per prompt token, counted from
+ * the model's shapes, over the f32 FMA peak of all threads measured in the same run) and the bytes it
+ * read from the block device per prompt token over the disk bandwidth. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -247,7 +251,11 @@ int cmd_bench(int argc, char **argv) {
     double peak = -1;
     pool *bw_pool = pool_create(ea.mo.threads > 1 ? ea.mo.threads : 1);
     double mem_bw = measure_mem_bw(bw_pool, (size_t)256 << 20);
-    double peak_macs = kernel_peak_mac_rate(bw_pool, 0.3); /* the prefill floor's arithmetic peak */
+    double peak_macs = 0; /* the prefill floor's arithmetic peak: best of 3 (a busy neighbour only lowers it) */
+    for (int r = 0; r < 3; r++) {
+        double pk = kernel_peak_mac_rate(bw_pool, 0.2);
+        if (pk > peak_macs) peak_macs = pk;
+    }
     pool_free(bw_pool);
     /* the disk, before any cap: a property of the hardware (1 GiB of random expert records) */
     double disk_bw = measure_disk_bw(ea.dir, 8, (size_t)1 << 30, err, sizeof err);

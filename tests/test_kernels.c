@@ -302,6 +302,42 @@ static void test_matvec_wide(void) {
     }
 }
 
+/* The panel GEMM's own edges: more rows of X than one pass (96), a last panel narrower than 256 columns,
+ * a partial unpacking block (Q2: 128 values per block), a row range not starting on a panel boundary, and
+ * the f32 bound even for Q4/Q2 (the GEMM does not round x). */
+static void test_matmat_panels(void) {
+    dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
+    int ns[] = {13, 97};
+    FOR_EACH_LEVEL(lv) {
+        for (int ti = 0; ti < 7; ti++)
+            for (int ni = 0; ni < 2; ni++) {
+                dtype t = types[ti];
+                int n = ns[ni], rows = 37, cols = dtype_is_quant(t) ? 320 : 263, r0 = 5, r1 = 35;
+                test_mat tm = mat_random(t, rows, cols, 64);
+                float *X = malloc(sizeof(float) * n * cols), *Y = malloc(sizeof(float) * n * rows);
+                float *ref = malloc(sizeof(float) * rows);
+                double *ad = malloc(sizeof(double) * rows);
+                vec_random(X, n * cols);
+                for (int i = 0; i < n * rows; i++) Y[i] = SENTINEL;
+                kernel_matmat_rows(Y, &tm.m, X, n, r0, r1);
+                int bad = 0;
+                for (int j = 0; j < n; j++) {
+                    kernel_matvec_rows_ref(ref, &tm.m, X + (size_t)j * cols, r0, r1);
+                    abs_dots(ad, &tm.m, X + (size_t)j * cols, r0, r1);
+                    for (int r = 0; r < rows; r++) {
+                        float y = Y[(size_t)j * rows + r];
+                        int ok = r >= r0 && r < r1 ? within_q(y, ref[r], ad[r], 0) : y == SENTINEL;
+                        if (!ok && bad++ < 3)
+                            CHECK(ok, "%s %s n=%d: Y[%d][%d] = %.9g, ref %.9g", kernel_level_name(lv), dtype_name(t), n,
+                                  j, r, y, r >= r0 && r < r1 ? ref[r] : SENTINEL);
+                    }
+                }
+                free(X); free(Y); free(ref); free(ad);
+                mat_free(&tm);
+            }
+    }
+}
+
 /* Y = X W^T for n = 1..20 (several passes of 4 x vectors, row blocks) on row subranges. */
 static void test_matmat_all_levels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
@@ -470,6 +506,7 @@ int main(void) {
     RUN_TEST(test_matvec_all_levels);
     RUN_TEST(test_matvec_wide);
     RUN_TEST(test_matmat_all_levels);
+    RUN_TEST(test_matmat_panels);
     RUN_TEST(test_swiglu_all_levels);
     RUN_TEST(test_accum_all_levels);
     RUN_TEST(test_matvec_mt_all_levels);
