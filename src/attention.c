@@ -18,8 +18,6 @@ static void rope(float *v, int rope_dim, int pos, double theta) {
     }
 }
 
-typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, any alignment */
-#define AI static inline __attribute__((always_inline))
 
 AI float dot(const float *a, const float *b, int n) {
     int i = 0;

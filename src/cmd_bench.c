@@ -43,15 +43,22 @@ static double proc_read_bytes(void) {
 /* data plus bf16 scales and biases; 0 for a matrix the layer does not have */
 static size_t qmat_bytes(const qmat *m) { return m->data ? qmat_data_bytes(m) + 4 * qmat_group_count(m) : 0; }
 
+/* The resident matrices of a layer (those of the other layer type have no data). */
+#define LAYER_MATRICES 14
+static void layer_matrices(const layer_weights *w, const qmat *ms[LAYER_MATRICES]) {
+    const qmat *all[LAYER_MATRICES] = {&w->q_proj, &w->k_proj, &w->v_proj, &w->o_proj, &w->in_qkv,
+                                       &w->in_z,   &w->in_b,   &w->in_a,   &w->out_proj, &w->router,
+                                       &w->sh_gate, &w->sh_up, &w->sh_down, &w->sh_expert_gate};
+    memcpy(ms, all, sizeof all);
+}
+
 /* Resident bytes one token reads: every layer matrix and the lm_head (the embedding: one row). */
 static double dense_bytes_per_token(const model *m) {
     double b = (double)qmat_bytes(&m->lm_head);
     for (int l = 0; l < m->cfg.n_layers; l++) {
-        const layer_weights *w = &m->layers[l];
-        const qmat *ms[] = {&w->q_proj, &w->k_proj, &w->v_proj, &w->o_proj, &w->in_qkv, &w->in_z, &w->in_b,
-                            &w->in_a, &w->out_proj, &w->router, &w->sh_gate, &w->sh_up, &w->sh_down,
-                            &w->sh_expert_gate};
-        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) b += (double)qmat_bytes(ms[i]);
+        const qmat *ms[LAYER_MATRICES];
+        layer_matrices(&m->layers[l], ms);
+        for (int i = 0; i < LAYER_MATRICES; i++) b += (double)qmat_bytes(ms[i]);
     }
     return b;
 }
@@ -66,10 +73,9 @@ static double prefill_macs_per_token(const model *m, int p) {
     macs *= c->n_layers;
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *w = &m->layers[l];
-        const qmat *ms[] = {&w->q_proj, &w->k_proj, &w->v_proj, &w->o_proj, &w->in_qkv, &w->in_z, &w->in_b,
-                            &w->in_a, &w->out_proj, &w->router, &w->sh_gate, &w->sh_up, &w->sh_down,
-                            &w->sh_expert_gate};
-        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++)
+        const qmat *ms[LAYER_MATRICES];
+        layer_matrices(w, ms);
+        for (int i = 0; i < LAYER_MATRICES; i++)
             if (ms[i]->data) macs += (double)ms[i]->rows * ms[i]->cols;
         if (w->type == LAYER_FULL_ATTENTION) macs += 2.0 * c->n_heads * c->head_dim * (p + 1) / 2.0;
         else macs += 4.0 * c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;

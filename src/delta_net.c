@@ -18,8 +18,6 @@ static void l2norm(float *x, int n, float eps) {
     for (int i = 0; i < n; i++) x[i] *= r;
 }
 
-typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, any alignment */
-#define AI static inline __attribute__((always_inline))
 
 /* ---- the causal conv over a chunk ---------------------------------------------------------------- */
 
@@ -177,7 +175,7 @@ __attribute__((target("avx2,fma"))) static void head_task_avx2(void *ctx, int h,
 
 void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out) {
     const model_config *c = &s->m->cfg;
-    int Hv = c->lin_v_heads, value_dim = Hv * c->lin_v_dim;
+    int Hv = c->lin_v_heads;
 
     /* in_proj_qkv(x), in_proj_z(x), in_proj_b(x), in_proj_a(x) for all T positions at once */
     state_matmul(s, s->qkv, &w->in_qkv, xn, T);
@@ -190,6 +188,5 @@ void delta_net_forward(state *s, int layer, const layer_weights *w, const float 
     pool_run(s->m->pool, conv_task, &cj, 2 * c->lin_k_heads + Hv);
     delta_heads job = {s, layer, T, w, s->qkv, s->z, s->beta, s->decay, s->o};
     pool_run(s->m->pool, kernel_level_active() >= KERNEL_AVX2 ? head_task_avx2 : head_task_generic, &job, Hv);
-    (void)value_dim;
     state_matmul(s, out, &w->out_proj, s->o, T); /* out_proj */
 }

@@ -104,47 +104,17 @@ float kernel_weight(const qmat *w, int r, int c) {
 }
 
 void kernel_row_f32(float *out, const qmat *w, int row) {
-    size_t base = (size_t)row * w->cols;
-    switch (w->type) {
-    case DTYPE_F32:
-        memcpy(out, (const float *)w->data + base, sizeof(float) * w->cols);
-        break;
-    case DTYPE_F16:
-        for (int c = 0; c < w->cols; c++) out[c] = f16_to_f32(((const uint16_t *)w->data)[base + c]);
-        break;
-    case DTYPE_BF16:
-        for (int c = 0; c < w->cols; c++) out[c] = bf16_to_f32(((const uint16_t *)w->data)[base + c]);
-        break;
-    default:
-        for (int c = 0; c < w->cols; c++) out[c] = quant_value(w, row, c);
-        break;
+    if (w->type == DTYPE_F32) {
+        memcpy(out, (const float *)w->data + (size_t)row * w->cols, sizeof(float) * w->cols);
+        return;
     }
+    for (int c = 0; c < w->cols; c++) out[c] = kernel_weight(w, row, c);
 }
 
 /* W[r] . x, summed left to right in f32. */
 static float ref_row_dot(const qmat *w, int r, const float *x) {
-    size_t base = (size_t)r * w->cols;
     float acc = 0.0f;
-    switch (w->type) {
-    case DTYPE_F32: {
-        const float *row = (const float *)w->data + base;
-        for (int c = 0; c < w->cols; c++) acc += row[c] * x[c];
-        break;
-    }
-    case DTYPE_F16: {
-        const uint16_t *row = (const uint16_t *)w->data + base;
-        for (int c = 0; c < w->cols; c++) acc += f16_to_f32(row[c]) * x[c];
-        break;
-    }
-    case DTYPE_BF16: {
-        const uint16_t *row = (const uint16_t *)w->data + base;
-        for (int c = 0; c < w->cols; c++) acc += bf16_to_f32(row[c]) * x[c];
-        break;
-    }
-    default:
-        for (int c = 0; c < w->cols; c++) acc += quant_value(w, r, c) * x[c];
-        break;
-    }
+    for (int c = 0; c < w->cols; c++) acc += kernel_weight(w, r, c) * x[c];
     return acc;
 }
 
@@ -405,7 +375,7 @@ void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, 
             kernel_matvec_rows_ref(Y + (size_t)j * w->rows, w, X + (size_t)j * w->cols, r0, r1);
         return;
     }
-    if (ops->gemm && n >= ops->gemm_min_n) ops->gemm(Y, w, X, n, r0, r1);
+    if (ops->gemm && n >= GEMM_MIN_N) ops->gemm(Y, w, X, n, r0, r1);
     else if (n > 0) rows_run(ops, w, X, n, r0, r1, (rows_out){Y + r0, (size_t)w->rows, 1.0f, 0});
 }
 

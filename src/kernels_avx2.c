@@ -362,7 +362,6 @@ static const kernel_ops ops_avx2 = {
     .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8}, /* Q8: f32 path (see rows_q8) */
     .quant_x16 = quant_x16,
     .gemm = kernel_gemm_avx2,
-    .gemm_min_n = GEMM_MIN_N,
 };
 
 const kernel_ops *kernel_ops_avx2(void) { return &ops_avx2; }

@@ -204,7 +204,6 @@ static const kernel_ops ops_avx512 = {
     .rows = {[DTYPE_F32] = rows_f32, [DTYPE_F16] = rows_f16, [DTYPE_BF16] = rows_bf16, [DTYPE_Q8] = rows_q8,
              [DTYPE_Q4] = rows_q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = rows_q2},
     .gemm = kernel_gemm_avx2,
-    .gemm_min_n = GEMM_MIN_N,
 };
 
 const kernel_ops *kernel_ops_avx512(void) { return &ops_avx512; }

@@ -91,10 +91,9 @@ typedef struct {
     /* The int16 path's x preparation (see kernel_xview): xq and xd of x[0, n), n a multiple of
      * group; xd gets ng = n / group scales. */
     void (*quant_x16)(const float *x, int n, int group, int qp, int16_t *xq, int16_t *xl, float *xd);
-    /* Y = X W^T for rows [r0, r1) when n >= gemm_min_n (kernel_matmat_rows' contract): W unpacked once
+    /* Y = X W^T for rows [r0, r1) when n >= GEMM_MIN_N (kernel_matmat_rows' contract): W unpacked once
      * into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
     void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
-    int gemm_min_n;
 } kernel_ops;
 
 /* The panel GEMM (kernels_gemm_avx2.c), for the AVX2 and AVX-512 levels. */

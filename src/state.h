@@ -56,6 +56,12 @@ void rmsnorm(float *y, const float *x, const float *w, int n, float eps);
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* The layer files' per-chunk loops (delta net, attention) are written once as always-inline bodies over
+ * 8-float vectors, and instantiated twice: generic, and under target("avx2,fma") when the kernels run at
+ * that level or above. */
+typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, any alignment */
+#define AI static inline __attribute__((always_inline))
+
 /* The layer functions take T consecutive positions starting at s->pos: xn and out are [T][H]. */
 void attention_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out);
 void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out);

@@ -302,6 +302,29 @@ static void test_matvec_wide(void) {
     }
 }
 
+/* kernel_matmat_rows(Y, w, X, n, r0, r1) against the reference row by row: within the f32 bound (plus the
+ * int16 path's, when int16_ok and the level takes that path), and rows outside [r0, r1) untouched. */
+static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, int int16_ok, kernel_level lv) {
+    int rows = w->rows, cols = w->cols, bad = 0;
+    float *Y = malloc(sizeof(float) * n * rows), *ref = malloc(sizeof(float) * rows);
+    double *ad = malloc(sizeof(double) * rows), *qe = calloc((size_t)rows, sizeof(double));
+    for (int i = 0; i < n * rows; i++) Y[i] = SENTINEL;
+    kernel_matmat_rows(Y, w, X, n, r0, r1);
+    for (int j = 0; j < n; j++) {
+        kernel_matvec_rows_ref(ref, w, X + (size_t)j * cols, r0, r1);
+        abs_dots(ad, w, X + (size_t)j * cols, r0, r1);
+        if (int16_ok) int16_bounds(qe, w, X + (size_t)j * cols, r0, r1);
+        for (int r = 0; r < rows; r++) {
+            float y = Y[(size_t)j * rows + r];
+            int ok = r >= r0 && r < r1 ? within_q(y, ref[r], ad[r], qe[r]) : y == SENTINEL;
+            if (!ok && bad++ < 3)
+                CHECK(ok, "%s %s n=%d %dx%d g%d: Y[%d][%d] = %.9g, ref %.9g", kernel_level_name(lv),
+                      dtype_name(w->type), n, rows, cols, w->group, j, r, y, r >= r0 && r < r1 ? ref[r] : SENTINEL);
+        }
+    }
+    free(Y); free(ref); free(ad); free(qe);
+}
+
 /* The panel GEMM's own edges: more rows of X than one pass (96), a last panel narrower than 256 columns,
  * a partial unpacking block (Q2: 128 values per block), a row range not starting on a panel boundary, and
  * the f32 bound even for Q4/Q2 (the GEMM does not round x). */
@@ -312,27 +335,12 @@ static void test_matmat_panels(void) {
         for (int ti = 0; ti < 7; ti++)
             for (int ni = 0; ni < 2; ni++) {
                 dtype t = types[ti];
-                int n = ns[ni], rows = 37, cols = dtype_is_quant(t) ? 320 : 263, r0 = 5, r1 = 35;
-                test_mat tm = mat_random(t, rows, cols, 64);
-                float *X = malloc(sizeof(float) * n * cols), *Y = malloc(sizeof(float) * n * rows);
-                float *ref = malloc(sizeof(float) * rows);
-                double *ad = malloc(sizeof(double) * rows);
+                int n = ns[ni], cols = dtype_is_quant(t) ? 320 : 263;
+                test_mat tm = mat_random(t, 37, cols, 64);
+                float *X = malloc(sizeof(float) * n * cols);
                 vec_random(X, n * cols);
-                for (int i = 0; i < n * rows; i++) Y[i] = SENTINEL;
-                kernel_matmat_rows(Y, &tm.m, X, n, r0, r1);
-                int bad = 0;
-                for (int j = 0; j < n; j++) {
-                    kernel_matvec_rows_ref(ref, &tm.m, X + (size_t)j * cols, r0, r1);
-                    abs_dots(ad, &tm.m, X + (size_t)j * cols, r0, r1);
-                    for (int r = 0; r < rows; r++) {
-                        float y = Y[(size_t)j * rows + r];
-                        int ok = r >= r0 && r < r1 ? within_q(y, ref[r], ad[r], 0) : y == SENTINEL;
-                        if (!ok && bad++ < 3)
-                            CHECK(ok, "%s %s n=%d: Y[%d][%d] = %.9g, ref %.9g", kernel_level_name(lv), dtype_name(t), n,
-                                  j, r, y, r >= r0 && r < r1 ? ref[r] : SENTINEL);
-                    }
-                }
-                free(X); free(Y); free(ref); free(ad);
+                check_matmat(&tm.m, X, n, 5, 35, 0, lv); /* rows 5..34 of 37 */
+                free(X);
                 mat_free(&tm);
             }
     }
@@ -352,27 +360,10 @@ static void test_matmat_all_levels(void) {
                 if (ni == 6) cols = dtype_is_quant(t) ? 2048 + 3 * group : 2100; /* > the 16-vector chunk */
                 int rows = 70 + ni; /* more than one 64-row block */
                 test_mat tm = mat_random(t, rows, cols, group);
-                float *X = malloc(sizeof(float) * n * cols), *Y = malloc(sizeof(float) * n * rows);
-                float *ref = malloc(sizeof(float) * rows);
-                double *ad = malloc(sizeof(double) * rows), *qe = malloc(sizeof(double) * rows);
+                float *X = malloc(sizeof(float) * n * cols);
                 vec_random(X, n * cols);
-                int r0 = ni % 2 ? 3 : 0, r1 = rows - (ni % 3);
-                for (int i = 0; i < n * rows; i++) Y[i] = SENTINEL;
-                kernel_matmat_rows(Y, &tm.m, X, n, r0, r1);
-                int bad = 0;
-                for (int j = 0; j < n; j++) {
-                    kernel_matvec_rows_ref(ref, &tm.m, X + (size_t)j * cols, r0, r1);
-                    abs_dots(ad, &tm.m, X + (size_t)j * cols, r0, r1);
-                    int16_bounds(qe, &tm.m, X + (size_t)j * cols, r0, r1);
-                    for (int r = 0; r < rows; r++) {
-                        float y = Y[(size_t)j * rows + r];
-                        int ok = r >= r0 && r < r1 ? within_q(y, ref[r], ad[r], qe[r]) : y == SENTINEL;
-                        if (!ok && bad++ < 3)
-                            CHECK(ok, "%s %s n=%d %dx%d g%d: Y[%d][%d] = %.9g, ref %.9g", kernel_level_name(lv),
-                                  dtype_name(t), n, rows, cols, group, j, r, y, r >= r0 && r < r1 ? ref[r] : SENTINEL);
-                    }
-                }
-                free(X); free(Y); free(ref); free(ad); free(qe);
+                check_matmat(&tm.m, X, n, ni % 2 ? 3 : 0, rows - (ni % 3), 1, lv);
+                free(X);
                 mat_free(&tm);
             }
         }
