@@ -207,7 +207,7 @@ static const kernel_ops *active_ops(const qmat *w) {
 /* Stack space for the prepared x of up to KERNEL_NB vectors. */
 typedef struct {
     float f[KERNEL_XBUF + KERNEL_NB * KERNEL_MAX_GROUPS];
-    int16_t q[KERNEL_QXBUF], ql[KERNEL_QXBUF]; /* the int16 path's x, in up to KERNEL_QSLOTS slots */
+    int16_t q[KERNEL_QXBUF]; /* the int16 path's x, in up to KERNEL_QSLOTS slots */
     float qsum[KERNEL_QXBUF / 32 + KERNEL_QSLOTS * 32], qd[KERNEL_QXBUF / 32 + KERNEL_QSLOTS * 32]; /* its xsum, xd */
 } xscratch;
 
@@ -224,12 +224,11 @@ static void xview_prepare(const kernel_ops *ops, const qmat *w, const float *x, 
     int n = c1 - c0, pack = ops->pack[w->type], lanes = ops->lanes, qp = ops->qpack[w->type];
     float *xp = s->f + (size_t)slot * (KERNEL_XBUF / nslots);
     float *xsum = s->f + KERNEL_XBUF + (size_t)slot * KERNEL_MAX_GROUPS;
-    int16_t *xq = NULL, *xl = NULL;
+    int16_t *xq = NULL;
     float *xd = NULL;
     if (qp) { /* int16 path: slot of KERNEL_QXBUF / nslots values (nslots <= KERNEL_QSLOTS) */
         int per = KERNEL_QXBUF / nslots, gper = per / 32 + 32;
         xq = s->q + (size_t)slot * per;
-        xl = s->ql + (size_t)slot * per;
         xsum = s->qsum + (size_t)slot * gper;
         xd = s->qd + (size_t)slot * gper;
     }
@@ -245,13 +244,12 @@ static void xview_prepare(const kernel_ops *ops, const qmat *w, const float *x, 
         memset(xsum + ng, 0, 32 * sizeof(float));
         xv->xsum = xsum;
     }
-    xv->xq = xv->xl = NULL;
+    xv->xq = NULL;
     xv->xd = NULL;
     if (qp) {
-        ops->quant_x16(xc, n, w->group, qp, xq, xl, xd);
+        ops->quant_x16(xc, n, w->group, qp, xq, xd);
         memset(xd + n / w->group, 0, 16 * sizeof(float));
         xv->xq = xq;
-        xv->xl = xl;
         xv->xd = xd;
         xv->x = NULL;
         return;

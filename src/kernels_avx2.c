@@ -212,8 +212,8 @@ AI __m256i unpack16_k(__m256i wv, int k, const int bits) {
 /* One block of 16 * qp values at e (dwords of it present: 8, or fewer at a row's tail):
  * acc[j] += q . xq_j, int32 lane i summing values [2 qp i, 2 qp (i + 1)) of the block. Exact:
  * |q xq| <= 255 * 32767, and a lane sums at most group / 8 <= 16 of them per group (< 2^31). */
-AI void int16_block(const uint8_t *wb, int e, int dwords, const kernel_xview *xv, __m256i *acc, __m256i *acl,
-                    const int bits, const int NB) {
+AI void int16_block(const uint8_t *wb, int e, int dwords, const kernel_xview *xv, __m256i *acc, const int bits,
+                    const int NB) {
     const int qp = 16 / bits;
     const uint8_t *p = wb + (size_t)e * bits / 8;
     if (((size_t)e * bits / 8) % 64 == 0) prefetch(p);
@@ -222,18 +222,9 @@ AI void int16_block(const uint8_t *wb, int e, int dwords, const kernel_xview *xv
 #pragma GCC unroll 8
     for (int k = 0; k < qp; k++) {
         __m256i q = unpack16_k(wv, k, bits);
-        FOR_J {
-            acc[j] = _mm256_add_epi32(
-                acc[j], _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xv[j].xq + e + k * KERNEL_QLANES))));
-            acl[j] = _mm256_add_epi32(
-                acl[j], _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xv[j].xl + e + k * KERNEL_QLANES))));
-        }
+        FOR_J acc[j] = _mm256_add_epi32(
+            acc[j], _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xv[j].xq + e + k * KERNEL_QLANES))));
     }
-}
-
-/* q . (xq + xl / 32768) as float */
-AI __m256 hilo(__m256i acc, __m256i acl) {
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(acl), _mm256_set1_ps(1.0f / 32768.0f), _mm256_cvtepi32_ps(acc));
 }
 
 AI void int16_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, float *out, const int bits,
@@ -257,25 +248,25 @@ AI void int16_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_x
         if (group == block) { /* one block per group (Q4 g64, Q8 g32, Q2 g128) */
 #pragma GCC unroll 2
             for (int g = 0; g < ng; g++) {
-                __m256i acc[KERNEL_NB], acl[KERNEL_NB];
-                FOR_J acc[j] = acl[j] = _mm256_setzero_si256();
-                int16_block(wb, g * block, 8, xv, acc, acl, bits, NB);
-                FOR_J tot[j] = _mm256_fmadd_ps(hilo(acc[j], acl[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
+                __m256i acc[KERNEL_NB];
+                FOR_J acc[j] = _mm256_setzero_si256();
+                int16_block(wb, g * block, 8, xv, acc, bits, NB);
+                FOR_J tot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
             }
         } else if (group > block) { /* whole blocks per group: sum the group in int32, scale once */
             for (int g = 0; g < ng; g++) {
-                __m256i acc[KERNEL_NB], acl[KERNEL_NB];
-                FOR_J acc[j] = acl[j] = _mm256_setzero_si256();
-                for (int e = g * group; e < (g + 1) * group; e += block) int16_block(wb, e, 8, xv, acc, acl, bits, NB);
-                FOR_J tot[j] = _mm256_fmadd_ps(hilo(acc[j], acl[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
+                __m256i acc[KERNEL_NB];
+                FOR_J acc[j] = _mm256_setzero_si256();
+                for (int e = g * group; e < (g + 1) * group; e += block) int16_block(wb, e, 8, xv, acc, bits, NB);
+                FOR_J tot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
             }
         } else { /* groups within a block: each int32 lane scaled by its group's s * d */
             for (int e = 0; e < n; e += block) {
-                __m256i acc[KERNEL_NB], acl[KERNEL_NB];
-                FOR_J acc[j] = acl[j] = _mm256_setzero_si256();
-                int16_block(wb, e, e < full ? 8 : tail_dwords, xv, acc, acl, bits, NB);
+                __m256i acc[KERNEL_NB];
+                FOR_J acc[j] = _mm256_setzero_si256();
+                int16_block(wb, e, e < full ? 8 : tail_dwords, xv, acc, bits, NB);
                 FOR_J tot[j] = _mm256_fmadd_ps(
-                    hilo(acc[j], acl[j]),
+                    _mm256_cvtepi32_ps(acc[j]),
                     _mm256_permutevar8x32_ps(_mm256_loadu_ps(sd[j] + (e >> gshift)), gidx), tot[j]);
             }
         }
@@ -286,7 +277,7 @@ AI void int16_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_x
 /* The int16 path's x (kernel_xview): per group, d = max|x| / 32767 and xq = round(x * 32767 / max|x|)
  * (round to nearest even: |x * inv - xq| <= 0.5; |x| * inv <= 32767 (1 + 2^-23) rounds to <= 32767),
  * then each block of 16 * qp values interleaved so lane i of vector k holds value i * qp + k. */
-static void quant_x16(const float *x, int n, int group, int qp, int16_t *xq, int16_t *xl, float *xd) {
+static void quant_x16(const float *x, int n, int group, int qp, int16_t *xq, float *xd) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     float inv[KERNEL_MAX_GROUPS];
     int ng = n / group, gshift = __builtin_ctz((unsigned)group), block = KERNEL_QLANES * qp;
@@ -300,26 +291,19 @@ static void quant_x16(const float *x, int n, int group, int qp, int16_t *xq, int
         xd[g] = mx / 32767.0f;
         inv[g] = mx > 0.0f ? 32767.0f / mx : 0.0f;
     }
-    int16_t tb[KERNEL_QLANES * 8], tl[KERNEL_QLANES * 8];
+    int16_t tb[KERNEL_QLANES * 8];
     for (int e = 0; e < n; e += block) {
         for (int c = 0; c < block; c += 8) {
-            __m128i v = _mm_setzero_si128(), l = _mm_setzero_si128();
+            __m128i v = _mm_setzero_si128();
             if (e + c < n) {
-                __m256 f = _mm256_mul_ps(_mm256_loadu_ps(x + e + c), _mm256_set1_ps(inv[(e + c) >> gshift]));
-                __m256i q = _mm256_cvtps_epi32(f);
-                /* f - q is exact (|f - q| <= 0.5, q the nearest integer), and so is * 32768 */
-                __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(f, _mm256_cvtepi32_ps(q)), _mm256_set1_ps(32768.0f)));
+                __m256i q = _mm256_cvtps_epi32(
+                    _mm256_mul_ps(_mm256_loadu_ps(x + e + c), _mm256_set1_ps(inv[(e + c) >> gshift])));
                 v = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-                l = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
             }
             _mm_storeu_si128((__m128i *)(tb + c), v);
-            _mm_storeu_si128((__m128i *)(tl + c), l);
         }
         for (int k = 0; k < qp; k++)
-            for (int i = 0; i < KERNEL_QLANES; i++) {
-                xq[e + k * KERNEL_QLANES + i] = tb[i * qp + k];
-                xl[e + k * KERNEL_QLANES + i] = tl[i * qp + k];
-            }
+            for (int i = 0; i < KERNEL_QLANES; i++) xq[e + k * KERNEL_QLANES + i] = tb[i * qp + k];
     }
 }
 

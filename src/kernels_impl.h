@@ -42,23 +42,22 @@ typedef struct {
     const float *x;    /* the chunk's x values, in the row kernel's order (see above) */
     const float *xsum; /* quantized types: sum of x over each group of the chunk, zero-padded by 16 */
     /* The int16 path (kernel_ops.qpack[type] > 0; x is then not prepared as floats, x is NULL):
-     * x_c ~= xd_g * (xq_c + xl_c / 32768) with xd_g = max_{c in g} |x_c| / 32767, xq_c = round(x_c /
-     * xd_g) and xl_c = round((x_c / xd_g - xq_c) * 32768), in the order xq[e + k * KERNEL_QLANES + i] =
-     * xq_(e + i * qpack + k) over blocks of KERNEL_QLANES * qpack values, zero-padded to a whole block
-     * (xl likewise); xd zero-padded by 16 groups. */
-    const int16_t *xq, *xl;
+     * x_c ~= xd_g * xq_c with xd_g = max_{c in g} |x_c| / 32767 and xq_c = round(x_c / xd_g) (so
+     * |x_c - xd_g xq_c| <= xd_g / 2, 1.5e-5 of the group's largest |x|), in the order
+     * xq[e + k * KERNEL_QLANES + i] = xq_(e + i * qpack + k) over blocks of KERNEL_QLANES * qpack
+     * values, zero-padded to a whole block; xd zero-padded by 16 groups. */
+    const int16_t *xq;
     const float *xd;
 } kernel_xview;
 
 /* int16 lanes of one 256-bit vector: the interleave width of the int16 path's prepared x. */
 #define KERNEL_QLANES 16
-/* The int16 path's prepared x on the driver's stack (int16 values, each of xq and xl), and how many x vectors of a
+/* The int16 path's prepared x on the driver's stack (int16 values), and how many x vectors of a
  * matmat it prepares at once (each W row block is then run against all of them: W is read from
  * memory once per KERNEL_QSLOTS x vectors, and x is prepared once per call, not per row block). */
 #define KERNEL_QXBUF 32768
 #define KERNEL_QSLOTS 16
-/* x vectors per int16 row kernel call: two int32 accumulators and one f32 total per x vector stay
- * in the 16 AVX2 registers for 2 (4 spilled, and measured slower than the f32 path's matmat). */
+/* x vectors per int16 row kernel call. */
 #define KERNEL_QNB 2
 
 /* Rows of X from which kernel_matmat_rows takes the panel GEMM instead of the row kernels (measured:
@@ -90,7 +89,7 @@ typedef struct {
     int qpack[DTYPE_COUNT];
     /* The int16 path's x preparation (see kernel_xview): xq and xd of x[0, n), n a multiple of
      * group; xd gets ng = n / group scales. */
-    void (*quant_x16)(const float *x, int n, int group, int qp, int16_t *xq, int16_t *xl, float *xd);
+    void (*quant_x16)(const float *x, int n, int group, int qp, int16_t *xq, float *xd);
     /* Y = X W^T for rows [r0, r1) when n >= GEMM_MIN_N (kernel_matmat_rows' contract): W unpacked once
      * into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
     void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
