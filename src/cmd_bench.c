@@ -2,8 +2,8 @@
  *
  * Per decoded token the engine must move a known number of bytes: from disk, the expert bytes the page
  * cache or the expert cache did not hold (measured: the block-device bytes this process read, from
- * /proc/self/io); from memory, every resident matrix a token uses (all layer weights, lm_head) plus the
- * K experts of every layer. Disk bandwidth (random expert-record reads with O_DIRECT, through the same
+ * /proc/self/io); from memory, every resident matrix a token uses (all layer weights, lm_head), the
+ * K experts of every layer, and the state it reads and writes (delta-net recurrent state, KV cache). Disk bandwidth (random expert-record reads with O_DIRECT, through the same
  * I/O engine) and memory bandwidth (a streaming read of a buffer on all threads) are measured in the
  * same run. The floor is the larger of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can overlap
  * compute); the achieved fraction is floor / measured time per token.
@@ -59,6 +59,23 @@ static double dense_bytes_per_token(const model *m) {
         const qmat *ms[LAYER_MATRICES];
         layer_matrices(&m->layers[l], ms);
         for (int i = 0; i < LAYER_MATRICES; i++) b += (double)qmat_bytes(ms[i]);
+    }
+    return b;
+}
+
+/* State bytes one decoded token moves besides the weights: each delta-net layer reads and writes its
+ * recurrent state (f32, dk x dv per value head) and its conv window; each attention layer reads the K and
+ * V cache (f32) over `ctx` positions (the average context of the decoded tokens) and writes one. */
+static double state_bytes_per_token(const model *m, double ctx) {
+    const model_config *c = &m->cfg;
+    double b = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (m->layers[l].type == LAYER_FULL_ATTENTION)
+            b += 4.0 * 2 * c->n_kv_heads * c->head_dim * (ctx + 1);
+        else {
+            double conv_dim = 2.0 * c->lin_k_heads * c->lin_k_dim + (double)c->lin_v_heads * c->lin_v_dim;
+            b += 4.0 * 2 * ((double)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim + (c->conv_kernel - 1) * conv_dim);
+        }
     }
     return b;
 }
@@ -327,7 +344,8 @@ int cmd_bench(int argc, char **argv) {
     size_t rec = 0;
     packed_manifest man;
     if (packed_is_dir(ea.dir) && packed_manifest_load(&man, ea.dir, err, sizeof err) == 0) rec = man.layout.record_bytes;
-    double mem_bytes = dense_bytes_per_token(m) + (double)m->top_k * m->cfg.n_layers * (double)rec;
+    double state_bytes = state_bytes_per_token(m, n_prompt + (n_gen - 1) / 2.0);
+    double mem_bytes = dense_bytes_per_token(m) + (double)m->top_k * m->cfg.n_layers * (double)rec + state_bytes;
     double t_disk = disk_bw > 0 ? disk_bytes / disk_bw : 0, t_mem = mem_bw > 0 ? mem_bytes / mem_bw : 0;
     double floor_s = t_disk > t_mem ? t_disk : t_mem, frac = floor_s * dm;
     /* prefill: the larger of its arithmetic over the measured peak and the bytes it read over the disk */
@@ -353,6 +371,7 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "disk_bytes_per_token", disk_bytes);
         cJSON_AddNumberToObject(o, "expert_bytes_read_per_token", expert_bytes);
         cJSON_AddNumberToObject(o, "mem_bytes_per_token", mem_bytes);
+        cJSON_AddNumberToObject(o, "state_bytes_per_token", state_bytes);
         cJSON_AddNumberToObject(o, "disk_bw", disk_bw);
         cJSON_AddNumberToObject(o, "mem_bw", mem_bw);
         cJSON_AddNumberToObject(o, "floor_decode_tok_s", floor_s > 0 ? 1 / floor_s : 0);
@@ -373,8 +392,9 @@ int cmd_bench(int argc, char **argv) {
                cap_mb ? ", cap " : "", cap_mb ? "on" : "");
         printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (chunks of %d)\n", n_prompt, pm, psd, m->prefill_chunk);
         printf("decode   %6d tokens: %8.2f ± %.2f tok/s\n", n_gen, dm, dsd);
-        printf("per token: %.1f MB from disk (block reads; %.1f MB of experts read), %.1f MB from memory\n",
-               disk_bytes / 1e6, expert_bytes / 1e6, mem_bytes / 1e6);
+        printf("per token: %.1f MB from disk (block reads; %.1f MB of experts read), %.1f MB from memory (%.1f MB "
+               "of it recurrent state and KV cache)\n",
+               disk_bytes / 1e6, expert_bytes / 1e6, mem_bytes / 1e6, state_bytes / 1e6);
         printf("measured: disk %.2f GB/s (random O_DIRECT expert records), memory %.2f GB/s (%d threads)\n",
                disk_bw / 1e9, mem_bw / 1e9, ea.mo.threads ? ea.mo.threads : 1);
         printf("decode floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
