@@ -472,7 +472,8 @@ static void peak_task(void *arg, int t, int n_tasks) {
     peak_job *j = arg;
     double r = 0.0;
 #if defined(__x86_64__)
-    if (kernel_level_active() >= KERNEL_AVX2) r = kernel_fma_rate_avx2(j->seconds);
+    if (kernel_level_active() == KERNEL_AVX512) r = kernel_fma_rate_avx512(j->seconds);
+    else if (kernel_level_active() == KERNEL_AVX2) r = kernel_fma_rate_avx2(j->seconds);
 #endif
     if (r == 0.0) { /* scalar: 8 independent chains */
         volatile float seed = 0.9999f;

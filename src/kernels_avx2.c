@@ -209,11 +209,23 @@ AI __m256i unpack16_k(__m256i wv, int k, const int bits) {
     return _mm256_and_si256(v, _mm256_set1_epi16((short)((1 << bits) - 1)));
 }
 
+/* acc + the sums of adjacent int16 products of q and x in each int32 lane: vpmaddwd + vpaddd, or with
+ * VNNI (AVX512-VNNI + VL, checked by the caller's level) the one instruction vpdpwssd. Written as
+ * assembly so that this file stays compiled for AVX2 (the instruction runs only where cpuid has it). */
+AI __m256i dot_pairs(__m256i acc, __m256i q, const int16_t *x, const int VNNI) {
+    __m256i xv = _mm256_loadu_si256((const __m256i *)x);
+    if (VNNI) {
+        __asm__("%{evex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(q), "x"(xv));
+        return acc;
+    }
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(q, xv));
+}
+
 /* One block of 16 * qp values at e (dwords of it present: 8, or fewer at a row's tail):
  * acc[j] += q . xq_j, int32 lane i summing values [2 qp i, 2 qp (i + 1)) of the block. Exact:
  * |q xq| <= 255 * 32767, and a lane sums at most group / 8 <= 16 of them per group (< 2^31). */
 AI void int16_block(const uint8_t *wb, int e, int dwords, const kernel_xview *xv, __m256i *acc, const int bits,
-                    const int NB) {
+                    const int NB, const int VNNI) {
     const int qp = 16 / bits;
     const uint8_t *p = wb + (size_t)e * bits / 8;
     if (((size_t)e * bits / 8) % 64 == 0) prefetch(p);
@@ -222,13 +234,12 @@ AI void int16_block(const uint8_t *wb, int e, int dwords, const kernel_xview *xv
 #pragma GCC unroll 8
     for (int k = 0; k < qp; k++) {
         __m256i q = unpack16_k(wv, k, bits);
-        FOR_J acc[j] = _mm256_add_epi32(
-            acc[j], _mm256_madd_epi16(q, _mm256_loadu_si256((const __m256i *)(xv[j].xq + e + k * KERNEL_QLANES))));
+        FOR_J acc[j] = dot_pairs(acc[j], q, xv[j].xq + e + k * KERNEL_QLANES, VNNI);
     }
 }
 
 AI void int16_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, float *out, const int bits,
-                   const int NB) {
+                   const int VNNI, const int NB) {
     const int qp = 16 / bits, block = KERNEL_QLANES * qp, group = w->group;
     const int gshift = __builtin_ctz((unsigned)group), n = c1 - c0, ng = n / group;
     const int full = n / block * block, tail_dwords = (n - full) * bits / 32;
@@ -250,21 +261,21 @@ AI void int16_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_x
             for (int g = 0; g < ng; g++) {
                 __m256i acc[KERNEL_NB];
                 FOR_J acc[j] = _mm256_setzero_si256();
-                int16_block(wb, g * block, 8, xv, acc, bits, NB);
+                int16_block(wb, g * block, 8, xv, acc, bits, NB, VNNI);
                 FOR_J tot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
             }
         } else if (group > block) { /* whole blocks per group: sum the group in int32, scale once */
             for (int g = 0; g < ng; g++) {
                 __m256i acc[KERNEL_NB];
                 FOR_J acc[j] = _mm256_setzero_si256();
-                for (int e = g * group; e < (g + 1) * group; e += block) int16_block(wb, e, 8, xv, acc, bits, NB);
+                for (int e = g * group; e < (g + 1) * group; e += block) int16_block(wb, e, 8, xv, acc, bits, NB, VNNI);
                 FOR_J tot[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_set1_ps(sd[j][g]), tot[j]);
             }
         } else { /* groups within a block: each int32 lane scaled by its group's s * d */
             for (int e = 0; e < n; e += block) {
                 __m256i acc[KERNEL_NB];
                 FOR_J acc[j] = _mm256_setzero_si256();
-                int16_block(wb, e, e < full ? 8 : tail_dwords, xv, acc, bits, NB);
+                int16_block(wb, e, e < full ? 8 : tail_dwords, xv, acc, bits, NB, VNNI);
                 FOR_J tot[j] = _mm256_fmadd_ps(
                     _mm256_cvtepi32_ps(acc[j]),
                     _mm256_permutevar8x32_ps(_mm256_loadu_ps(sd[j] + (e >> gshift)), gidx), tot[j]);
@@ -277,7 +288,7 @@ AI void int16_rows(const qmat *w, int r0, int r1, int c0, int c1, const kernel_x
 /* The int16 path's x (kernel_xview): per group, d = max|x| / 32767 and xq = round(x * 32767 / max|x|)
  * (round to nearest even: |x * inv - xq| <= 0.5; |x| * inv <= 32767 (1 + 2^-23) rounds to <= 32767),
  * then each block of 16 * qp values interleaved so lane i of vector k holds value i * qp + k. */
-static void quant_x16(const float *x, int n, int group, int qp, int16_t *xq, float *xd) {
+void kernel_quant_x16_avx2(const float *x, int n, int group, int qp, int16_t *xq, float *xd) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     float inv[KERNEL_MAX_GROUPS];
     int ng = n / group, gshift = __builtin_ctz((unsigned)group), block = KERNEL_QLANES * qp;
@@ -326,9 +337,17 @@ _Static_assert(KERNEL_NB == 4, "CALL_BY_NB covers nb = 1..4");
 ROWS_FN(rows_f32, float_rows, DTYPE_F32)
 ROWS_FN(rows_f16, float_rows, DTYPE_F16)
 ROWS_FN(rows_bf16, float_rows, DTYPE_BF16)
-ROWS_FN(rows_q4, int16_rows, 4)
 ROWS_FN(rows_q3, packed_rows, 3)
-ROWS_FN(rows_q2, int16_rows, 2)
+
+/* The int16 path's row kernels, also the AVX-512 level's (see kernels_impl.h). */
+#define INT16_FN(NAME, ...)                                                                       \
+    void NAME(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out) { \
+        CALL_BY_NB(int16_rows, w, r0, r1, c0, c1, xv, out, __VA_ARGS__)                           \
+    }
+INT16_FN(kernel_rows_q4_avx2, 4, 0)
+INT16_FN(kernel_rows_q2_avx2, 2, 0)
+INT16_FN(kernel_rows_q4_vnni, 4, 1)
+INT16_FN(kernel_rows_q2_vnni, 2, 1)
 
 /* Q8 keeps f32 x: int16_rows handles bits = 8 too (set qpack[DTYPE_Q8] = 2 to use it), but it measured
  * no faster for matvec and ~20% slower for matmat than q8_rows, whose unpacking is one cvt. */
@@ -342,9 +361,9 @@ static const kernel_ops ops_avx2 = {
     .pack = {[DTYPE_F32] = 1, [DTYPE_F16] = 1, [DTYPE_BF16] = 1, [DTYPE_Q8] = 1, [DTYPE_Q4] = 8,
              [DTYPE_Q3] = 8, [DTYPE_Q2] = 16},
     .rows = {[DTYPE_F32] = rows_f32, [DTYPE_F16] = rows_f16, [DTYPE_BF16] = rows_bf16, [DTYPE_Q8] = rows_q8,
-             [DTYPE_Q4] = rows_q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = rows_q2},
+             [DTYPE_Q4] = kernel_rows_q4_avx2, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = kernel_rows_q2_avx2},
     .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8}, /* Q8: f32 path (see rows_q8) */
-    .quant_x16 = quant_x16,
+    .quant_x16 = kernel_quant_x16_avx2,
     .gemm = kernel_gemm_avx2,
 };
 

@@ -1,11 +1,14 @@
-/* AVX-512 row kernels (F, BW, VL; no BF16/VNNI instructions: every product is f32 x f32, which is
- * what keeps them within the reference's error bound). Compiled for AVX-512 by the pragma below;
- * called only after kernels.c saw avx512f/bw/vl in cpuid. See kernels_impl.h for the data layout. */
+/* AVX-512 row kernels (F, BW, VL): every product here is f32 x f32, which keeps them within the
+ * reference's error bound. Q4 and Q2 instead take the int16 path of kernels_avx2.c (x rounded to int16
+ * per group, exact integer dot products: measured faster than unpacking to f32 at either width), with
+ * vpdpwssd where the CPU has AVX512-VNNI. Compiled for AVX-512 by the pragma below; called only after
+ * kernels.c saw avx512f/bw/vl in cpuid. See kernels_impl.h for the data layout. */
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
 #include <immintrin.h>
 
 #include "kernels_impl.h"
+#include "util.h"
 
 #define AI static inline __attribute__((always_inline))
 #define LANES 16
@@ -188,25 +191,106 @@ _Static_assert(KERNEL_NB == 4, "CALL_BY_NB covers nb = 1..4");
 ROWS_FN(rows_f32, float_rows, DTYPE_F32)
 ROWS_FN(rows_f16, float_rows, DTYPE_F16)
 ROWS_FN(rows_bf16, float_rows, DTYPE_BF16)
-ROWS_FN(rows_q4, packed_rows, 4)
 ROWS_FN(rows_q3, packed_rows, 3)
-ROWS_FN(rows_q2, packed_rows, 2)
 
 static void rows_q8(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out) {
     CALL_BY_NB(q8_rows, w, r0, r1, c0, c1, xv, out)
 }
 
-static const kernel_ops ops_avx512 = {
-    .name = "avx512",
-    .lanes = LANES,
-    .pack = {[DTYPE_F32] = 1, [DTYPE_F16] = 1, [DTYPE_BF16] = 1, [DTYPE_Q8] = 1, [DTYPE_Q4] = 8,
-             [DTYPE_Q3] = 8, [DTYPE_Q2] = 16},
-    .rows = {[DTYPE_F32] = rows_f32, [DTYPE_F16] = rows_f16, [DTYPE_BF16] = rows_bf16, [DTYPE_Q8] = rows_q8,
-             [DTYPE_Q4] = rows_q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = rows_q2},
-    .gemm = kernel_gemm_avx2,
-};
+/* ---- the panel GEMM's tile (kernel_gemm_run): one 16-float panel row is one zmm ------------------ */
 
-const kernel_ops *kernel_ops_avx512(void) { return &ops_avx512; }
+#define GEMM_NR512 12 /* X rows per tile: 12 accumulators, with 2 FMAs a cycle of latency 4 in flight */
+
+/* Y[j][0..nr) (+)= sum_k X[k * NR + j] * P[k][0..15], j < NR (compile-time). With fewer than 8 rows, KU
+ * partial sums over alternate k keep 8 or more independent FMAs in flight. */
+AI void micro512(const int NR, const float *P, int kc, const float *X, float *Y, size_t ldy, int nr, int first) {
+    const int KU = NR >= 8 ? 1 : NR >= 4 ? 2 : NR >= 2 ? 4 : 8;
+    __m512 a[8][GEMM_NR512];
+    for (int u = 0; u < KU; u++)
+        _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++) a[u][j] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + KU <= kc; k += KU) {
+        _Pragma("GCC unroll 8") for (int u = 0; u < KU; u++) {
+            __m512 wv = _mm512_load_ps(P + (size_t)(k + u) * GEMM_MR);
+            const float *x = X + (size_t)(k + u) * NR;
+            _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++)
+                a[u][j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[j]), a[u][j]);
+        }
+    }
+    for (; k < kc; k++) {
+        __m512 wv = _mm512_load_ps(P + (size_t)k * GEMM_MR);
+        _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++)
+            a[0][j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(X[(size_t)k * NR + j]), a[0][j]);
+    }
+    for (int u = 1; u < KU; u++)
+        _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++) a[0][j] = _mm512_add_ps(a[0][j], a[u][j]);
+    const __mmask16 m = mask16(nr);
+    _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++) {
+        float *y = Y + (size_t)j * ldy;
+        __m512 s = first ? a[0][j] : _mm512_add_ps(a[0][j], _mm512_maskz_loadu_ps(m, y));
+        _mm512_mask_storeu_ps(y, m, s);
+    }
+}
+
+static void tile_avx512(int rows, const float *P, int kc, const float *X, float *Y, size_t ldy, int nr, int first) {
+    switch (rows) {
+    case 1: micro512(1, P, kc, X, Y, ldy, nr, first); break;
+    case 2: micro512(2, P, kc, X, Y, ldy, nr, first); break;
+    case 3: micro512(3, P, kc, X, Y, ldy, nr, first); break;
+    case 4: micro512(4, P, kc, X, Y, ldy, nr, first); break;
+    case 5: micro512(5, P, kc, X, Y, ldy, nr, first); break;
+    case 6: micro512(6, P, kc, X, Y, ldy, nr, first); break;
+    case 7: micro512(7, P, kc, X, Y, ldy, nr, first); break;
+    case 8: micro512(8, P, kc, X, Y, ldy, nr, first); break;
+    case 9: micro512(9, P, kc, X, Y, ldy, nr, first); break;
+    case 10: micro512(10, P, kc, X, Y, ldy, nr, first); break;
+    case 11: micro512(11, P, kc, X, Y, ldy, nr, first); break;
+    default: micro512(12, P, kc, X, Y, ldy, nr, first); break;
+    }
+}
+
+/* The panel GEMM with 512-bit FMAs: the panels are unpacked as at the AVX2 level (kernels_gemm_avx2.c). */
+void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
+    _Static_assert(GEMM_MR == 16 && GEMM_NB % GEMM_NR512 == 0, "a panel row is one zmm; passes hold whole tiles");
+    kernel_gemm_run(Y, w, X, n, r0, r1, GEMM_NR512, tile_avx512);
+}
+
+/* As kernel_fma_rate_avx2, with 16-lane FMAs: the f32 peak of this level. */
+double kernel_fma_rate_avx512(double seconds) {
+    __m512 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps(0.001f * (float)i);
+    const __m512 mul = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(1e-6f);
+    long iters = 0;
+    double t0 = util_now_seconds(), dt;
+    do {
+        for (int r = 0; r < 4096; r++) {
+#pragma GCC unroll 12
+            for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], mul, c);
+        }
+        iters += 4096;
+    } while ((dt = util_now_seconds() - t0) < seconds);
+    float sink = 0.0f;
+    for (int i = 0; i < 12; i++) sink += _mm512_cvtss_f32(a[i]);
+    __asm__ volatile("" : : "x"(sink)); /* keep the chains */
+    return (double)iters * 12 * 16 / dt;
+}
+
+#define OPS_AVX512(NAME, Q4, Q2)                                                                  \
+    {.name = NAME,                                                                                \
+     .lanes = LANES,                                                                              \
+     .pack = {[DTYPE_F32] = 1, [DTYPE_F16] = 1, [DTYPE_BF16] = 1, [DTYPE_Q8] = 1, [DTYPE_Q4] = 8,  \
+              [DTYPE_Q3] = 8, [DTYPE_Q2] = 16},                                                   \
+     .rows = {[DTYPE_F32] = rows_f32, [DTYPE_F16] = rows_f16, [DTYPE_BF16] = rows_bf16,           \
+              [DTYPE_Q8] = rows_q8, [DTYPE_Q4] = Q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = Q2},      \
+     .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8},                                                   \
+     .quant_x16 = kernel_quant_x16_avx2,                                                          \
+     .gemm = kernel_gemm_avx512}
+static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2);
+static const kernel_ops ops_avx512_vnni = OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni);
+
+const kernel_ops *kernel_ops_avx512(void) {
+    return __builtin_cpu_supports("avx512vnni") ? &ops_avx512_vnni : &ops_avx512;
+}
 
 #else
 #include "kernels_impl.h"

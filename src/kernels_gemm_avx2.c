@@ -29,11 +29,8 @@
 #define AI static inline __attribute__((always_inline))
 /* Loops over the tile's activation rows, unrolled so that the accumulators live in registers. */
 #define FOR_J _Pragma("GCC unroll 6") for (int j = 0; j < NR; j++)
-#define GEMM_MR 16  /* weight rows per panel: two vectors */
 #define GEMM_NR 6   /* activation rows per micro tile: 12 accumulators */
-#define GEMM_KC 256 /* columns per panel: 16 KB of f32, in L1 */
 #define PREFETCH_PANELS 2 /* how far ahead panels' weights are prefetched */
-#define GEMM_NB 96  /* activation rows per pass: their GEMM_KC columns (96 KB) stay in L2 */
 
 /* 8 x 8 transpose of 32-bit lanes: on return v[k] holds lane k of the input vectors 0..7. */
 AI void transpose8(__m256 v[8]) {
@@ -198,17 +195,17 @@ AI void micro(const int NR, const float *P, int kc, const float *X, float *Y, si
     }
 }
 
-/* Columns [kb, kb + kc) of X rows [j0, j1), packed for the micro-kernel: tile t (rows j0 + 6t ..) at
- * Xp + t * kc * GEMM_NR, GEMM_NR values per k (rows past j1 zero). */
-static void pack_x(float *Xp, const float *X, size_t ldx, int j0, int j1, int kb, int kc) {
-    for (int j = j0; j < j1; j += GEMM_NR) {
-        float *out = Xp + (size_t)(j - j0) / GEMM_NR * kc * GEMM_NR;
-        for (int jj = 0; jj < GEMM_NR; jj++) {
+/* Columns [kb, kb + kc) of X rows [j0, j1), packed for the micro-kernel: tile t (rows j0 + nrt t ..) at
+ * Xp + t * kc * nrt, nrt values per k (rows past j1 zero). */
+static void pack_x(float *Xp, const float *X, size_t ldx, int j0, int j1, int kb, int kc, int nrt) {
+    for (int j = j0; j < j1; j += nrt) {
+        float *out = Xp + (size_t)(j - j0) / nrt * kc * nrt;
+        for (int jj = 0; jj < nrt; jj++) {
             const float *x = X + (size_t)(j + jj) * ldx + kb;
             if (j + jj < j1)
-                for (int k = 0; k < kc; k++) out[(size_t)k * GEMM_NR + jj] = x[k];
+                for (int k = 0; k < kc; k++) out[(size_t)k * nrt + jj] = x[k];
             else
-                for (int k = 0; k < kc; k++) out[(size_t)k * GEMM_NR + jj] = 0.0f;
+                for (int k = 0; k < kc; k++) out[(size_t)k * nrt + jj] = 0.0f;
         }
     }
 }
@@ -229,15 +226,31 @@ static void prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc) {
     }
 }
 
+/* The AVX2 tile: micro() for the tile's rows (<= GEMM_NR). */
+static void tile_avx2(int rows, const float *P, int kc, const float *X, float *Y, size_t ldy, int nr, int first) {
+    switch (rows) {
+    case 1: micro(1, P, kc, X, Y, ldy, nr, first); break;
+    case 2: micro(2, P, kc, X, Y, ldy, nr, first); break;
+    case 3: micro(3, P, kc, X, Y, ldy, nr, first); break;
+    case 4: micro(4, P, kc, X, Y, ldy, nr, first); break;
+    case 5: micro(5, P, kc, X, Y, ldy, nr, first); break;
+    default: micro(6, P, kc, X, Y, ldy, nr, first); break;
+    }
+}
+
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
-    _Alignas(32) float P[GEMM_KC * GEMM_MR];
-    _Alignas(32) float Xp[GEMM_NB * GEMM_KC];
+    kernel_gemm_run(Y, w, X, n, r0, r1, GEMM_NR, tile_avx2);
+}
+
+void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt, kernel_gemm_tile tile) {
+    _Alignas(64) float P[GEMM_KC * GEMM_MR];
+    _Alignas(64) float Xp[GEMM_NB * GEMM_KC];
     const size_t ldx = (size_t)w->cols, ldy = (size_t)w->rows;
     for (int jb = 0; jb < n; jb += GEMM_NB) {
         int je = n - jb < GEMM_NB ? n : jb + GEMM_NB;
         for (int kb = 0; kb < w->cols; kb += GEMM_KC) {
             int kc = w->cols - kb < GEMM_KC ? w->cols - kb : GEMM_KC;
-            pack_x(Xp, X, ldx, jb, je, kb, kc);
+            pack_x(Xp, X, ldx, jb, je, kb, kc, nrt);
             for (int rb = r0; rb < r1; rb += GEMM_MR) {
                 int nr = r1 - rb < GEMM_MR ? r1 - rb : GEMM_MR;
                 /* the panel after next: one panel's work is shorter than a miss to memory */
@@ -247,18 +260,9 @@ void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, in
                     prefetch_panel(w, pb, r1 - pb < GEMM_MR ? r1 - pb : GEMM_MR, pk,
                                    w->cols - pk < GEMM_KC ? w->cols - pk : GEMM_KC);
                 panel_fill(P, w, rb, nr, kb, kc);
-                for (int j = jb; j < je; j += GEMM_NR) {
-                    const float *x = Xp + (size_t)(j - jb) / GEMM_NR * kc * GEMM_NR;
-                    float *y = Y + (size_t)j * ldy + rb;
-                    switch (je - j < GEMM_NR ? je - j : GEMM_NR) {
-                    case 1: micro(1, P, kc, x, y, ldy, nr, kb == 0); break;
-                    case 2: micro(2, P, kc, x, y, ldy, nr, kb == 0); break;
-                    case 3: micro(3, P, kc, x, y, ldy, nr, kb == 0); break;
-                    case 4: micro(4, P, kc, x, y, ldy, nr, kb == 0); break;
-                    case 5: micro(5, P, kc, x, y, ldy, nr, kb == 0); break;
-                    default: micro(6, P, kc, x, y, ldy, nr, kb == 0); break;
-                    }
-                }
+                for (int j = jb; j < je; j += nrt)
+                    tile(je - j < nrt ? je - j : nrt, P, kc, Xp + (size_t)(j - jb) / nrt * kc * nrt,
+                         Y + (size_t)j * ldy + rb, ldy, nr, kb == 0);
             }
         }
     }

@@ -95,10 +95,29 @@ typedef struct {
     void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 } kernel_ops;
 
-/* The panel GEMM (kernels_gemm_avx2.c), for the AVX2 and AVX-512 levels. */
+/* The panel GEMM (kernels_gemm_avx2.c): W is unpacked into f32 panels of GEMM_MR rows x GEMM_KC columns,
+ * P[k * GEMM_MR + i] = W[rb + i][kb + k], each run against tiles of X rows by a level's tile function. */
+#define GEMM_MR 16  /* weight rows per panel */
+#define GEMM_KC 256 /* columns per panel: 16 KB of f32, in L1 */
+#define GEMM_NB 96  /* activation rows per pass (a multiple of every tile height): their GEMM_KC columns stay in L2 */
+/* Y[j][0..nr) (+ if !first)= sum_k X[k * rows + j] * P[k * GEMM_MR + 0..nr) for the tile's rows j < rows
+ * (X packed `rows` values per k), Y rows ldy apart. */
+typedef void (*kernel_gemm_tile)(int rows, const float *P, int kc, const float *X, float *Y, size_t ldy, int nr,
+                                 int first);
+/* Y = X W^T for W rows [r0, r1), with tiles of nrt X rows. */
+void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt, kernel_gemm_tile tile);
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+double kernel_fma_rate_avx512(double seconds);
 /* Multiply-adds per second of this thread's AVX2 FMA units over `seconds` (kernels_gemm_avx2.c). */
 double kernel_fma_rate_avx2(double seconds);
+/* The int16 path's row kernels for Q4 and Q2 and its x preparation (kernels_avx2.c, 256-bit), for the
+ * AVX2 and AVX-512 levels; the _vnni kernels sum with vpdpwssd and need AVX512-VNNI + VL. */
+void kernel_rows_q4_avx2(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out);
+void kernel_rows_q2_avx2(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out);
+void kernel_rows_q4_vnni(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out);
+void kernel_rows_q2_vnni(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out);
+void kernel_quant_x16_avx2(const float *x, int n, int group, int qp, int16_t *xq, float *xd);
 /* Value c of row r of w as f32 (the scalar reference's unpacking). */
 float kernel_weight(const qmat *w, int r, int c);
 
