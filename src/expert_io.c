@@ -67,6 +67,7 @@ struct expert_io {
     int *done;        /* indices of completed requests, in completion order */
     int n_reqs, n_completed, n_returned;
     int cur_req, cur_piece; /* cursor: next chunk to hand out */
+    int oldest;             /* lowest request index with chunks not finished (for cfg.window) */
     uint64_t cur_pos;       /* bytes of the current piece's span already handed out */
     int inflight;           /* chunks handed out and not finished */
     int failed;             /* the batch failed: no new chunks; ends once inflight == 0 */
@@ -267,7 +268,7 @@ static int chunk_count(const expert_io_piece *p, int direct, size_t chunk) {
 /* Hands out the next chunk of the batch. Returns 0 when there is none (or the batch failed). */
 static int batch_take(expert_io *io, io_chunk *c) {
     if (io->failed) return 0;
-    while (io->cur_req < io->n_reqs) {
+    while (io->cur_req < io->n_reqs && (!io->cfg.window || io->cur_req < io->oldest + io->cfg.window)) {
         const expert_io_req *r = &io->reqs[io->cur_req].req;
         if (io->cur_piece >= r->n_pieces) {
             io->cur_req++;
@@ -326,11 +327,12 @@ static void batch_finish(expert_io *io, const io_chunk *c, chunk_status st, int 
                      r->inject_fail ? ")" : "");
     }
     if (--r->chunks_left == 0 && !io->failed) io->done[io->n_completed++] = c->req;
+    while (io->oldest < io->n_reqs && io->reqs[io->oldest].chunks_left == 0) io->oldest++;
 }
 
 static void batch_reset(expert_io *io) {
     io->n_reqs = io->n_completed = io->n_returned = 0;
-    io->cur_req = io->cur_piece = 0;
+    io->cur_req = io->cur_piece = io->oldest = 0;
     io->cur_pos = 0;
     io->failed = 0;
 }
@@ -377,6 +379,7 @@ static void *reader_main(void *arg) {
         io->inflight--;
         batch_finish(io, &c, st, err_no);
         pthread_cond_signal(&io->done_cv);
+        if (io->cfg.window) pthread_cond_broadcast(&io->work_cv); /* the window may have moved */
     }
     pthread_mutex_unlock(&io->mu);
     return NULL;
@@ -495,6 +498,10 @@ static int config_check(expert_io_config *c, char *err, size_t errlen) {
     if (c->chunk_bytes % EXPERT_IO_ALIGN || c->chunk_bytes > MAX_CHUNK) {
         util_err_set(err, errlen, "expert_io: chunk_bytes %zu must be a multiple of %d, at most %d", c->chunk_bytes,
                 EXPERT_IO_ALIGN, MAX_CHUNK);
+        return -1;
+    }
+    if (c->window < 0) {
+        util_err_set(err, errlen, "expert_io: window %d is negative", c->window);
         return -1;
     }
     if (c->max_requests < 1) {

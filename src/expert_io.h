@@ -32,6 +32,13 @@
  * expert_io_layout() places a request's pieces in a buffer following this rule, for either mode.
  * In the packed expert file every record is 4 KiB-aligned, so its span is the record itself.
  *
+ * Window: a disk that shares its bandwidth among all the reads in flight (a virtio disk does) finishes
+ * every request of a batch at about the same time when they are all in flight, so nothing can be
+ * computed until the whole batch has arrived. With config.window = W, chunks of request i are issued only
+ * while i < (oldest unfinished request) + W: requests then arrive one after another in batch order,
+ * and the caller computes on each while the next W - 1 (or W) are read. W = 1 gives arrival in exactly
+ * the batch order.
+ *
  * Memory: everything is allocated by expert_io_create (and a name per file at open/register);
  * submitting and waiting allocate nothing. One batch is in flight at a time, and one thread at a
  * time submits and waits (the reader threads are the engine's own).
@@ -66,6 +73,8 @@ typedef struct {
     int quiet;            /* 1: no notice on stderr when falling back from io_uring to threads */
     size_t read_cap;      /* test hook: each read call asks for at most this many bytes (rounded up
                              to 4096 on O_DIRECT fds), so pieces complete through short reads; 0: off */
+    int window;           /* requests whose reads may be in flight at once, counted from the oldest
+                             unfinished one of the batch; 0: no limit (see below) */
 } expert_io_config;
 
 typedef struct {

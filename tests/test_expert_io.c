@@ -210,6 +210,50 @@ static void test_unaligned_pieces(void) {
 /* A big request from disk (O_DIRECT) submitted first and a tiny one from the page cache second: the
  * tiny one completes first, and its index says so. Checked over a few trials since it is a race the
  * disk almost always loses; correctness of the indices is checked in every trial. */
+/* With a window of W requests, request i is read only once every request up to i - W has finished, so
+ * it can only arrive after them (W = 1: exactly the batch order); the bytes are complete on arrival.
+ * Request 0 is 8 MiB (8 chunks) and the others one 4 KiB block each: without the window the small ones
+ * would all be in flight with it and arrive first. */
+static void test_window_order(void) {
+    char err[512];
+    const size_t big = (size_t)16 * REC, small = 4096;
+    for (int b = 0; b < 2; b++)
+        for (int w = 1; w <= 3; w++) {
+            expert_io_config cfg = {.backend = (expert_io_backend)b, .mode = EXPERT_IO_DIRECT, .threads = 4,
+                                    .queue_depth = 32, .window = w};
+            expert_io *io = expert_io_create(&cfg, err, sizeof err);
+            CHECK(io != NULL, "expert_io_create: %s", err);
+            if (!io) continue;
+            int fd = expert_io_open(io, g_fx.path, err, sizeof err);
+            CHECK(fd >= 0, "%s", err);
+            unsigned char *buf = aligned(big + (size_t)K * small);
+            uint64_t s = 777 + (uint64_t)w, off[K];
+            size_t len[K];
+            for (int round = 0; round < 6 && fd >= 0; round++) {
+                int seen[K] = {0}, idx, rc, got = 0;
+                expert_io_req r[K];
+                for (int i = 0; i < K; i++) {
+                    off[i] = i == 0 ? rng_next(&s) % (N_REC - 16) * REC : rng_next(&s) % (g_fx.size / small) * small;
+                    len[i] = i == 0 ? big : small;
+                    r[i] = (expert_io_req){1, {{fd, off[i], len[i], buf + (i ? big + (size_t)(i - 1) * small : 0)}}};
+                }
+                CHECK(expert_io_submit(io, r, K, err, sizeof err) == 0, "submit: %s", err);
+                while ((rc = expert_io_wait_any(io, &idx, err, sizeof err)) == 1 && idx >= 0 && idx < K) {
+                    for (int j = 0; j <= idx - w; j++)
+                        CHECK(seen[j], "%s, window %d: request %d arrived before request %d",
+                              expert_io_backend_name((expert_io_backend)b), w, idx, j);
+                    CHECK(!memcmp(r[idx].piece[0].dest, g_fx.data + off[idx], len[idx]),
+                          "window %d: request %d differs on arrival", w, idx);
+                    seen[idx] = 1;
+                    got++;
+                }
+                CHECK(rc == 0 && got == K, "wait_any ended with %d after %d of %d: %s", rc, got, K, err);
+            }
+            free(buf);
+            expert_io_free(io);
+        }
+}
+
 static void test_out_of_order_completion(void) {
     char err[512];
     for (int b = 0; b < 2; b++) {
@@ -773,6 +817,7 @@ int main(void) {
     RUN_TEST(test_batches_all_backends_and_modes);
     RUN_TEST(test_unaligned_pieces);
     RUN_TEST(test_out_of_order_completion);
+    RUN_TEST(test_window_order);
     RUN_TEST(test_truncated_file);
     RUN_TEST(test_injected_failure);
     RUN_TEST(test_invalid_requests);
