@@ -217,6 +217,9 @@ static void test_unaligned_pieces(void) {
 static void test_window_order(void) {
     char err[512];
     const size_t big = (size_t)16 * REC, small = 4096;
+    expert_io *bad = expert_io_create(&(expert_io_config){.window = -1}, err, sizeof err);
+    CHECK(!bad && strstr(err, "window -1"), "a negative window was accepted (%s)", bad ? "created" : err);
+    expert_io_free(bad);
     for (int b = 0; b < 2; b++)
         for (int w = 1; w <= 3; w++) {
             expert_io_config cfg = {.backend = (expert_io_backend)b, .mode = EXPERT_IO_DIRECT, .threads = 4,
