@@ -6,7 +6,7 @@
  * avx2|avx512 in the environment forces a level (tests, benchmarks); kernel_level_force does the
  * same from code. All levels compute the same sums in f32; they differ only in summation order, by
  * at most ~1e-5 of sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2
- * level splits x into two int16 parts per group for Q4/Q2 (kernel_uses_int16_x; bound in kernels_impl.h).
+ * and AVX-512 levels round x to int16 per group for Q4/Q2 (kernel_uses_int16_x; bound in kernels_impl.h).
  *
  * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
  * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.
@@ -51,9 +51,8 @@ void kernel_swiglu_gate_up(float *h, const qmat *gate, const qmat *up, const flo
 /* Expert down-projection into the running sum: y[r] += weight * (down[r] . h) for r0 <= r < r1. */
 void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float weight, int r0, int r1);
 
-/* 1 when the active level computes W . x for w with x split into two int16 parts per group of w (see
- * kernels_impl.h: adds at most sum_g 2^-16 * max_g|x| / 32767 * sum_{c in g} |q_c s_g| to the error, about
- * the f32 rounding), else 0. */
+/* 1 when the active level computes W . x for w with x rounded to int16 per group of w (see
+ * kernels_impl.h: adds at most sum_g 0.5 * max_g|x| / 32767 * sum_{c in g} |q_c s_g| to the error), else 0. */
 int kernel_uses_int16_x(const qmat *w);
 
 /* The CPU's f32 multiply-add peak, measured: every thread of the pool runs a register-only FMA loop for

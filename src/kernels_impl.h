@@ -13,17 +13,18 @@
  *
  * Integer dot products. int8 activations (llama.cpp's q8, VNNI vpdpbusd) move each product by up
  * to 1/254 of the group's largest |x|, ~1e-3 of sum |w x| in practice, too coarse next to the f32
- * path. The AVX2 level instead writes x per weight group as two int16 parts, x_c ~= d_g * (xq_c +
- * xl_c / 32768), d_g = max_g |x| / 32767 (|x_c - that| <= 2^-16 d_g + 2^-22 |x_c|: f32-grade), and
- * sums q_c * xq_c and q_c * xl_c exactly in int32 with vpmaddwd (one instruction per 16 weights per
- * part, the codes unpacked by shift+and in 16-bit lanes), then applies s_g * d_g per group; the
- * bias half b_g * xsum_g still uses the f32 x. One int16 part alone (15 bits, error 0.5 d_g, about
- * 2^-16 of the group's max |x|) measured ~2e-5 of sum |w x| per dot product on the test fixtures,
- * enough to flip near-tied top-k expert choices of their random routers and move logits by 1e-2
- * (tests/test_convert_mlx.c), so both parts are used. tests/test_kernels.c checks the bound.
- * Q4 and Q2 take this path on AVX2 (about +30% over the f32 path, measured); Q8 (slower this way:
- * its f32 unpacking is a single convert), Q3 (8 values in 24 bits do not fit 16-bit lanes) and the
- * AVX-512 level keep f32 x and one FMA per weight (~15-20 G weights/s per core on AVX-512). */
+ * path. The int16 path instead writes x per weight group as one int16, x_c ~= d_g * xq_c,
+ * d_g = max_g |x| / 32767 (|x_c - that| <= d_g / 2 + 2^-22 |x_c|: 1.5e-5 of the group's largest |x|,
+ * far below a q4 or q2 weight's own step), sums q_c * xq_c exactly in int32 with vpmaddwd (vpdpwssd
+ * with VNNI; one instruction per 16 weights, the codes unpacked by shift+and in 16-bit lanes), then
+ * applies s_g * d_g per group; the bias half b_g * xsum_g still uses the f32 x. tests/test_kernels.c
+ * checks the bound. (Until series 4 x was split into two int16 parts, f32-grade, at twice the
+ * multiply-adds; one part made decoding 15-50% faster, and 400 greedy tokens of the tiny-a fixture
+ * converted with --experts q4 --dense q4 came out identical with one part, two parts and the scalar
+ * kernels.)
+ * Q4 and Q2 take this path at the AVX2 and AVX-512 levels; Q8 (slower this way: its f32 unpacking is a
+ * single convert) and Q3 (8 values in 24 bits do not fit 16-bit lanes) keep f32 x and one FMA per
+ * weight. */
 #ifndef FLASHMOE_KERNELS_IMPL_H
 #define FLASHMOE_KERNELS_IMPL_H
 #include "kernels.h"
