@@ -289,6 +289,7 @@ static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, k
 static const kernel_ops ops_avx512_vnni = OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni);
 
 const kernel_ops *kernel_ops_avx512(void) {
+    __builtin_cpu_init(); /* idempotent; callers may come before the level check that also calls it */
     return __builtin_cpu_supports("avx512vnni") ? &ops_avx512_vnni : &ops_avx512;
 }
 
