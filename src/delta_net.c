@@ -92,14 +92,15 @@ typedef struct {
  *     S' = d S + k delta^T,  delta = beta (v - d S^T k),  o = S'^T q = d S^T q + delta (k . q)
  * so one pass over S per position updates it and, at the same time, accumulates S'^T k_{t+1} and
  * S'^T q_{t+1} for the next position (a pass over S before position 0 starts it). Columns of S are taken
- * 16 at a time in registers (dv not a multiple of 16: the rest one at a time). */
-AI void head_positions(const delta_heads *j, int h) {
+ * 16 at a time in registers, or 32 with W16 (the AVX-512 build: two 16-float vectors); dv not a multiple
+ * of that: the rest one at a time. */
+AI void head_positions(const delta_heads *j, int h, const int W16) {
     const model_config *c = &j->s->m->cfg;
     int dk = c->lin_k_dim, dv = c->lin_v_dim, Hk = c->lin_k_heads, Hv = c->lin_v_heads, r = Hv / Hk;
     size_t conv_dim = (size_t)2 * Hk * dk + (size_t)Hv * dv, value_dim = (size_t)Hv * dv;
     float *restrict S = j->s->rec_state[j->layer] + (size_t)h * dk * dv; /* [dk][dv], row i: key dim i */
     float sk[DELTA_MAX_DV], sq[DELTA_MAX_DV], delta[DELTA_MAX_DV]; /* S^T k_t, S^T q_t; delta */
-    const int vb = dv / 16 * 16;
+    const int vb = W16 ? dv / 32 * 32 : dv / 16 * 16;
     for (int t = 0; t < j->T; t++) {
         const float *row = j->qkv + (size_t)t * conv_dim;
         const float *qh = row + (size_t)(h / r) * dk, *kh = row + (size_t)(Hk + h / r) * dk;
@@ -126,7 +127,25 @@ AI void head_positions(const delta_heads *j, int h) {
         int next = t + 1 < j->T;
         const float *rn = row + conv_dim;
         const float *qn = next ? rn + (size_t)(h / r) * dk : qh, *kn = next ? rn + (size_t)(Hk + h / r) * dk : kh;
-        for (int jb = 0; jb < vb; jb += 16) {
+        for (int jb = 0; W16 && jb < vb; jb += 32) {
+            v16 d0 = *(const v16 *)(delta + jb), d1 = *(const v16 *)(delta + jb + 16);
+            v16 k0 = {0}, k1 = {0}, q0 = {0}, q1 = {0};
+            for (int i = 0; i < dk; i++) {
+                v16 *p = (v16 *)(S + (size_t)i * dv + jb);
+                v16 s0 = p[0] * d + kh[i] * d0, s1 = p[1] * d + kh[i] * d1;
+                p[0] = s0;
+                p[1] = s1;
+                k0 += kn[i] * s0;
+                k1 += kn[i] * s1;
+                q0 += qn[i] * s0;
+                q1 += qn[i] * s1;
+            }
+            *(v16 *)(sk + jb) = k0;
+            *(v16 *)(sk + jb + 16) = k1;
+            *(v16 *)(sq + jb) = q0;
+            *(v16 *)(sq + jb + 16) = q1;
+        }
+        for (int jb = 0; !W16 && jb < vb; jb += 16) {
             v8 d0 = *(const v8 *)(delta + jb), d1 = *(const v8 *)(delta + jb + 8);
             v8 k0 = {0}, k1 = {0}, q0 = {0}, q1 = {0};
             for (int i = 0; i < dk; i++) {
@@ -164,13 +183,18 @@ AI void head_positions(const delta_heads *j, int h) {
 
 static void head_task_generic(void *ctx, int h, int n) {
     (void)n;
-    head_positions(ctx, h);
+    head_positions(ctx, h, 0);
 }
 
-/* The same, compiled for AVX2 + FMA (taken when the kernels run at that level or above). */
+/* The same, compiled for AVX2 + FMA and for AVX-512 (taken when the kernels run at that level). */
 __attribute__((target("avx2,fma"))) static void head_task_avx2(void *ctx, int h, int n) {
     (void)n;
-    head_positions(ctx, h);
+    head_positions(ctx, h, 0);
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void head_task_avx512(void *ctx, int h, int n) {
+    (void)n;
+    head_positions(ctx, h, 1);
 }
 
 void delta_net_forward(state *s, int layer, const layer_weights *w, const float *xn, int T, float *out) {
@@ -187,6 +211,8 @@ void delta_net_forward(state *s, int layer, const layer_weights *w, const float 
     conv_job cj = {s, layer, T, w, s->qkv};
     pool_run(s->m->pool, conv_task, &cj, 2 * c->lin_k_heads + Hv);
     delta_heads job = {s, layer, T, w, s->qkv, s->z, s->beta, s->decay, s->o};
-    pool_run(s->m->pool, kernel_level_active() >= KERNEL_AVX2 ? head_task_avx2 : head_task_generic, &job, Hv);
+    kernel_level lv = kernel_level_active();
+    pool_run(s->m->pool, lv == KERNEL_AVX512 ? head_task_avx512 : lv == KERNEL_AVX2 ? head_task_avx2 : head_task_generic,
+             &job, Hv);
     state_matmul(s, out, &w->out_proj, s->o, T); /* out_proj */
 }

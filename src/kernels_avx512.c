@@ -201,8 +201,9 @@ static void rows_q8(const qmat *w, int r0, int r1, int c0, int c1, const kernel_
 
 #define GEMM_NR512 12 /* X rows per tile: 12 accumulators, with 2 FMAs a cycle of latency 4 in flight */
 
-/* Y[j][0..nr) (+)= sum_k X[k * NR + j] * P[k][0..15], j < NR (compile-time). With fewer than 8 rows, KU
- * partial sums over alternate k keep 8 or more independent FMAs in flight. */
+/* Y[j][0..nr) (+)= sum_k X[k * GEMM_NR512 + j] * P[k][0..15], j < NR (compile-time; X is packed
+ * GEMM_NR512 values per k whatever the tile's rows). With fewer than 8 rows, KU partial sums over
+ * alternate k keep 8 or more independent FMAs in flight. */
 AI void micro512(const int NR, const float *P, int kc, const float *X, float *Y, size_t ldy, int nr, int first) {
     const int KU = NR >= 8 ? 1 : NR >= 4 ? 2 : NR >= 2 ? 4 : 8;
     __m512 a[8][GEMM_NR512];
@@ -212,7 +213,7 @@ AI void micro512(const int NR, const float *P, int kc, const float *X, float *Y,
     for (; k + KU <= kc; k += KU) {
         _Pragma("GCC unroll 8") for (int u = 0; u < KU; u++) {
             __m512 wv = _mm512_load_ps(P + (size_t)(k + u) * GEMM_MR);
-            const float *x = X + (size_t)(k + u) * NR;
+            const float *x = X + (size_t)(k + u) * GEMM_NR512;
             _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++)
                 a[u][j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[j]), a[u][j]);
         }
@@ -220,7 +221,7 @@ AI void micro512(const int NR, const float *P, int kc, const float *X, float *Y,
     for (; k < kc; k++) {
         __m512 wv = _mm512_load_ps(P + (size_t)k * GEMM_MR);
         _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++)
-            a[0][j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(X[(size_t)k * NR + j]), a[0][j]);
+            a[0][j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(X[(size_t)k * GEMM_NR512 + j]), a[0][j]);
     }
     for (int u = 1; u < KU; u++)
         _Pragma("GCC unroll 12") for (int j = 0; j < NR; j++) a[0][j] = _mm512_add_ps(a[0][j], a[u][j]);

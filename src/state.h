@@ -59,7 +59,8 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 /* The layer files' per-chunk loops (delta net, attention) are written once as always-inline bodies over
  * 8-float vectors, and instantiated twice: generic, and under target("avx2,fma") when the kernels run at
  * that level or above. */
-typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, any alignment */
+typedef float v8 __attribute__((vector_size(32), aligned(4)));  /* 8 floats, any alignment */
+typedef float v16 __attribute__((vector_size(64), aligned(4))); /* 16 floats, any alignment */
 #define AI static inline __attribute__((always_inline))
 
 /* The layer functions take T consecutive positions starting at s->pos: xn and out are [T][H]. */
