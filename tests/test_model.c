@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 
+#include "kernels.h"
 #include "model.h"
 #include "test.h"
 #include "util.h"
@@ -138,6 +139,23 @@ static void test_greedy_matches_transformers(void) {
 }
 
 /* Experts per token below the native value still routes, renormalises and runs (the speed knob). */
+/* Every SIMD level this CPU has (each forced in turn), not only the default one: a fault in one level's
+ * GEMM or layer code shows here even when the kernel tests' shapes miss it. */
+static void test_every_kernel_level(void) {
+    kernel_level was = kernel_level_active();
+    for (int l = 0; l < KERNEL_LEVEL_COUNT; l++) {
+        if (!kernel_level_available((kernel_level)l)) continue;
+        CHECK(kernel_level_force((kernel_level)l) == 0, "cannot force level %s", kernel_level_name((kernel_level)l));
+        printf("  level %s:\n", kernel_level_name((kernel_level)l));
+        for (size_t f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++) {
+            check_logits(fixtures[f], 2, 0);
+            check_logits(fixtures[f], 2, 7);
+            check_greedy(fixtures[f]);
+        }
+    }
+    kernel_level_force(was);
+}
+
 static void test_fewer_experts_per_token(void) {
     char err[1024];
     model_opts o = {.top_k = 2};
@@ -200,6 +218,7 @@ int main(void) {
     RUN_TEST(test_logits_match_transformers_threaded);
     RUN_TEST(test_logits_any_prompt_chunk);
     RUN_TEST(test_greedy_matches_transformers);
+    RUN_TEST(test_every_kernel_level);
     RUN_TEST(test_fewer_experts_per_token);
     RUN_TEST(test_context_full_and_bad_token);
     RUN_TEST(test_state_copy);
