@@ -88,6 +88,32 @@ typedef struct {
     float *o;                     /* [T][value_dim] */
 } delta_heads;
 
+/* Columns [jb, jb + 2 lanes of V) of S (V: v8 or v16), in registers: S = d S + k delta^T, and the new
+ * S^T kn, S^T qn of those columns into sk, sq. */
+#define STATE_BLOCK_FN(NAME, V)                                                                       \
+    AI void NAME(float *restrict S, int dk, int dv, int jb, float d, const float *kh, const float *kn,    \
+                 const float *qn, const float *delta, float *sk, float *sq) {                          \
+        const int L = sizeof(V) / sizeof(float);                                                      \
+        V d0 = *(const V *)(delta + jb), d1 = *(const V *)(delta + jb + L);                           \
+        V k0 = {0}, k1 = {0}, q0 = {0}, q1 = {0};                                                     \
+        for (int i = 0; i < dk; i++) {                                                                \
+            V *p = (V *)(S + (size_t)i * dv + jb);                                                    \
+            V s0 = p[0] * d + kh[i] * d0, s1 = p[1] * d + kh[i] * d1;                                 \
+            p[0] = s0;                                                                                \
+            p[1] = s1;                                                                                \
+            k0 += kn[i] * s0;                                                                         \
+            k1 += kn[i] * s1;                                                                         \
+            q0 += qn[i] * s0;                                                                         \
+            q1 += qn[i] * s1;                                                                         \
+        }                                                                                             \
+        *(V *)(sk + jb) = k0;                                                                         \
+        *(V *)(sk + jb + L) = k1;                                                                     \
+        *(V *)(sq + jb) = q0;                                                                         \
+        *(V *)(sq + jb + L) = q1;                                                                     \
+    }
+STATE_BLOCK_FN(state_block8, v8)
+STATE_BLOCK_FN(state_block16, v16)
+
 /* For each position t, with S the state [dk][dv] before it, decay d = exp(g_t) and beta_t:
  *     S' = d S + k delta^T,  delta = beta (v - d S^T k),  o = S'^T q = d S^T q + delta (k . q)
  * so one pass over S per position updates it and, at the same time, accumulates S'^T k_{t+1} and
@@ -127,42 +153,8 @@ AI void head_positions(const delta_heads *j, int h, const int W16) {
         int next = t + 1 < j->T;
         const float *rn = row + conv_dim;
         const float *qn = next ? rn + (size_t)(h / r) * dk : qh, *kn = next ? rn + (size_t)(Hk + h / r) * dk : kh;
-        for (int jb = 0; W16 && jb < vb; jb += 32) {
-            v16 d0 = *(const v16 *)(delta + jb), d1 = *(const v16 *)(delta + jb + 16);
-            v16 k0 = {0}, k1 = {0}, q0 = {0}, q1 = {0};
-            for (int i = 0; i < dk; i++) {
-                v16 *p = (v16 *)(S + (size_t)i * dv + jb);
-                v16 s0 = p[0] * d + kh[i] * d0, s1 = p[1] * d + kh[i] * d1;
-                p[0] = s0;
-                p[1] = s1;
-                k0 += kn[i] * s0;
-                k1 += kn[i] * s1;
-                q0 += qn[i] * s0;
-                q1 += qn[i] * s1;
-            }
-            *(v16 *)(sk + jb) = k0;
-            *(v16 *)(sk + jb + 16) = k1;
-            *(v16 *)(sq + jb) = q0;
-            *(v16 *)(sq + jb + 16) = q1;
-        }
-        for (int jb = 0; !W16 && jb < vb; jb += 16) {
-            v8 d0 = *(const v8 *)(delta + jb), d1 = *(const v8 *)(delta + jb + 8);
-            v8 k0 = {0}, k1 = {0}, q0 = {0}, q1 = {0};
-            for (int i = 0; i < dk; i++) {
-                v8 *p = (v8 *)(S + (size_t)i * dv + jb);
-                v8 s0 = p[0] * d + kh[i] * d0, s1 = p[1] * d + kh[i] * d1;
-                p[0] = s0;
-                p[1] = s1;
-                k0 += kn[i] * s0;
-                k1 += kn[i] * s1;
-                q0 += qn[i] * s0;
-                q1 += qn[i] * s1;
-            }
-            *(v8 *)(sk + jb) = k0;
-            *(v8 *)(sk + jb + 8) = k1;
-            *(v8 *)(sq + jb) = q0;
-            *(v8 *)(sq + jb + 8) = q1;
-        }
+        for (int jb = 0; W16 && jb < vb; jb += 32) state_block16(S, dk, dv, jb, d, kh, kn, qn, delta, sk, sq);
+        for (int jb = 0; !W16 && jb < vb; jb += 16) state_block8(S, dk, dv, jb, d, kh, kn, qn, delta, sk, sq);
         for (int jj = vb; jj < dv; jj++) {
             float k0 = 0.0f, q0 = 0.0f;
             for (int i = 0; i < dk; i++) {
