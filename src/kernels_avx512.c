@@ -6,6 +6,7 @@
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
 #include <immintrin.h>
+#include <stdatomic.h>
 
 #include "kernels_impl.h"
 #include "util.h"
@@ -289,9 +290,16 @@ double kernel_fma_rate_avx512(double seconds) {
 static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2);
 static const kernel_ops ops_avx512_vnni = OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni);
 
+/* Called for every matrix product (kernels.c looks the level's ops up each time): cpuid is read once. */
 const kernel_ops *kernel_ops_avx512(void) {
-    __builtin_cpu_init(); /* idempotent; callers may come before the level check that also calls it */
-    return __builtin_cpu_supports("avx512vnni") ? &ops_avx512_vnni : &ops_avx512;
+    static const kernel_ops *_Atomic chosen;
+    const kernel_ops *o = atomic_load_explicit(&chosen, memory_order_relaxed);
+    if (!o) { /* racing first callers store the same pointer */
+        __builtin_cpu_init();
+        o = __builtin_cpu_supports("avx512vnni") ? &ops_avx512_vnni : &ops_avx512;
+        atomic_store_explicit(&chosen, o, memory_order_relaxed);
+    }
+    return o;
 }
 
 #else
