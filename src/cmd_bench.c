@@ -5,10 +5,10 @@
  * /proc/self/io); from memory, every resident matrix a token uses (all layer weights, lm_head), the
  * K experts of every layer, and the state it reads and writes (delta-net recurrent state, KV cache).
  * Disk bandwidth (random expert-record reads with O_DIRECT, through the same I/O engine) and memory
- * bandwidth (a streaming read of a buffer on all threads) are measured in the
- * same run, before and after the repetitions (the better of the two is used: both drift on a shared
- * host). The floor is the larger of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can overlap
- * compute); the achieved fraction is floor / measured time per token.
+ * bandwidth (a streaming read of a buffer on all threads) are measured in the same run, before and after
+ * the repetitions (the better of the two is used: both drift on a shared host). The floor is the larger
+ * of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can overlap compute); the achieved fraction is
+ * floor / measured time per token.
  *
  * Prefill has its own floor: the larger of its arithmetic (multiply-adds per prompt token, counted from
  * the model's shapes, over the f32 FMA peak of all threads measured in the same run) and the bytes it
@@ -204,6 +204,16 @@ static int apply_cap(int mb, char *path, size_t pathlen, char *err, size_t errle
     return 0;
 }
 
+/* Memory bandwidth on `threads` threads (a 256 MB read) and the disk bandwidth of dir's experts (1 GiB of
+ * random records, in batches of 8). */
+static int measure_bandwidths(const char *dir, int threads, double *mem, double *disk, char *err, size_t errlen) {
+    pool *p = pool_create(threads);
+    *mem = measure_mem_bw(p, (size_t)256 << 20);
+    pool_free(p);
+    *disk = measure_disk_bw(dir, 8, (size_t)1 << 30, err, errlen);
+    return *disk < 0 ? -1 : 0;
+}
+
 static void release_cap(const char *path, double *peak) {
     char f[512], line[64];
     snprintf(f, sizeof f, "%s/memory.max_usage_in_bytes", path);
@@ -274,17 +284,17 @@ int cmd_bench(int argc, char **argv) {
     }
     char err[8192], cg[256] = "";
     double peak = -1;
-    pool *bw_pool = pool_create(ea.mo.threads > 1 ? ea.mo.threads : 1);
-    double mem_bw = measure_mem_bw(bw_pool, (size_t)256 << 20);
+    int threads = ea.mo.threads > 1 ? ea.mo.threads : 1;
+    pool *peak_pool = pool_create(threads);
     double peak_macs = 0; /* the prefill floor's arithmetic peak: best of 3 (a busy neighbour only lowers it) */
     for (int r = 0; r < 3; r++) {
-        double pk = kernel_peak_mac_rate(bw_pool, 0.2);
+        double pk = kernel_peak_mac_rate(peak_pool, 0.2);
         if (pk > peak_macs) peak_macs = pk;
     }
-    pool_free(bw_pool);
-    /* the disk, before any cap: a property of the hardware (1 GiB of random expert records) */
-    double disk_bw = measure_disk_bw(ea.dir, 8, (size_t)1 << 30, err, sizeof err);
-    if (disk_bw < 0) {
+    pool_free(peak_pool);
+    /* the bandwidths, before any cap: properties of the hardware */
+    double mem_bw0, disk_bw0;
+    if (measure_bandwidths(ea.dir, threads, &mem_bw0, &disk_bw0, err, sizeof err)) {
         fprintf(stderr, "flashmoe bench: %s\n", err);
         return 1;
     }
@@ -344,13 +354,9 @@ int cmd_bench(int argc, char **argv) {
     }
     /* The bandwidths again, after the runs and outside the cap: the disk and the host are shared and
      * drift, so the floor takes the better measurement of each (the hardware did at least that well). */
-    double mem_bw0 = mem_bw, disk_bw0 = disk_bw, disk_bw1;
-    bw_pool = pool_create(ea.mo.threads > 1 ? ea.mo.threads : 1);
-    double mem_bw1 = measure_mem_bw(bw_pool, (size_t)256 << 20);
-    pool_free(bw_pool);
-    if ((disk_bw1 = measure_disk_bw(ea.dir, 8, (size_t)1 << 30, err, sizeof err)) < 0) goto fail;
-    if (mem_bw1 > mem_bw) mem_bw = mem_bw1;
-    if (disk_bw1 > disk_bw) disk_bw = disk_bw1;
+    double mem_bw1, disk_bw1;
+    if (measure_bandwidths(ea.dir, threads, &mem_bw1, &disk_bw1, err, sizeof err)) goto fail;
+    double mem_bw = mem_bw1 > mem_bw0 ? mem_bw1 : mem_bw0, disk_bw = disk_bw1 > disk_bw0 ? disk_bw1 : disk_bw0;
     double pm, psd, dm, dsd;
     mean_sd(pre, reps, &pm, &psd);
     mean_sd(dec, reps, &dm, &dsd);
