@@ -87,17 +87,19 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 1024, &ea->mo.threads)) return -1;
     } else if (!strcmp(a, "--io")) {
         if (!(v = cli_value(cmd, argc, argv, i))) return -1;
-        if (!strcmp(v, "cache")) ea->mo.io = EXPERTS_IO_CACHE;
+        if (!strcmp(v, "auto")) ea->mo.io = EXPERTS_IO_AUTO;
+        else if (!strcmp(v, "cache")) ea->mo.io = EXPERTS_IO_CACHE;
         else if (!strcmp(v, "direct")) ea->mo.io = EXPERTS_IO_DIRECT;
         else if (!strcmp(v, "mmap")) ea->mo.io = EXPERTS_IO_MMAP;
         else {
-            fprintf(stderr, "flashmoe %s: --io takes cache, direct or mmap, got '%s'\n", cmd, v);
+            fprintf(stderr, "flashmoe %s: --io takes auto, cache, direct or mmap, got '%s'\n", cmd, v);
             return -1;
         }
     } else if (!strcmp(a, "--cache-mb")) {
         int mb;
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 0, 1 << 30, &mb)) return -1;
         ea->mo.cache_bytes = (size_t)mb << 20;
+        ea->mo.cache_given = 1;
     } else if (!strcmp(a, "--io-threads")) {
         ea->mo.io_threads_only = 1;
     } else if (!strcmp(a, "--prefetch")) {

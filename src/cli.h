@@ -36,9 +36,11 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     "  --experts-per-token K      experts used per token (default: the model's own)\n"       \
     "  -t, --threads N            threads (default 1)\n"                                     \
     "  --ctx N                    context length to allocate (default 4096)\n"              \
-    "  --io cache|direct|mmap     expert reads: page cache (default), O_DIRECT with an in-process\n" \
-    "                             LRU cache of --cache-mb MiB, or mapped (in RAM)\n"    \
-    "  --cache-mb N               expert cache budget for --io direct (default 0)\n"              \
+    "  --io auto|cache|direct|mmap  expert reads (default auto: mmap if the model fits in the available\n" \
+    "                             memory, cgroup limits included, else direct): page cache, O_DIRECT with\n" \
+    "                             an in-process LRU cache of --cache-mb MiB, or mapped\n"    \
+    "  --cache-mb N               expert cache budget for --io direct (default 0; with auto, what the\n" \
+    "                             resident weights and 1 GiB leave of the available memory)\n"              \
     "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
     "  --prefetch                 --io direct: while decoding, read the experts the next layer's router\n" \
     "                             predicts during this layer (experimental; off by default)\n" \

@@ -42,25 +42,13 @@ static double proc_read_bytes(void) {
     return v;
 }
 
-/* data plus bf16 scales and biases; 0 for a matrix the layer does not have */
-static size_t qmat_bytes(const qmat *m) { return m->data ? qmat_data_bytes(m) + 4 * qmat_group_count(m) : 0; }
-
-/* The resident matrices of a layer (those of the other layer type have no data). */
-#define LAYER_MATRICES 14
-static void layer_matrices(const layer_weights *w, const qmat *ms[LAYER_MATRICES]) {
-    const qmat *all[LAYER_MATRICES] = {&w->q_proj, &w->k_proj, &w->v_proj, &w->o_proj, &w->in_qkv,
-                                       &w->in_z,   &w->in_b,   &w->in_a,   &w->out_proj, &w->router,
-                                       &w->sh_gate, &w->sh_up, &w->sh_down, &w->sh_expert_gate};
-    memcpy(ms, all, sizeof all);
-}
-
 /* Resident bytes one token reads: every layer matrix and the lm_head (the embedding: one row). */
 static double dense_bytes_per_token(const model *m) {
-    double b = (double)qmat_bytes(&m->lm_head);
+    double b = (double)model_qmat_bytes(&m->lm_head);
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const qmat *ms[LAYER_MATRICES];
-        layer_matrices(&m->layers[l], ms);
-        for (int i = 0; i < LAYER_MATRICES; i++) b += (double)qmat_bytes(ms[i]);
+        model_layer_matrices(&m->layers[l], ms);
+        for (int i = 0; i < LAYER_MATRICES; i++) b += (double)model_qmat_bytes(ms[i]);
     }
     return b;
 }
@@ -93,7 +81,7 @@ static double prefill_macs_per_token(const model *m, int p) {
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *w = &m->layers[l];
         const qmat *ms[LAYER_MATRICES];
-        layer_matrices(w, ms);
+        model_layer_matrices(w, ms);
         for (int i = 0; i < LAYER_MATRICES; i++)
             if (ms[i]->data) macs += (double)ms[i]->rows * ms[i]->cols;
         if (w->type == LAYER_FULL_ATTENTION) macs += 2.0 * c->n_heads * c->head_dim * (p + 1) / 2.0;
@@ -408,6 +396,8 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "floor_prefill_tok_s", pre_floor > 0 ? 1 / pre_floor : 0);
         cJSON_AddNumberToObject(o, "prefill_fraction_of_floor", pre_frac);
         cJSON_AddNumberToObject(o, "peak_cgroup_bytes", peak);
+        cJSON_AddNumberToObject(o, "expert_cache_bytes", (double)st.memory_bytes);
+        if (m->io_note[0]) cJSON_AddStringToObject(o, "io_note", m->io_note);
         char *text = cJSON_PrintUnformatted(o);
         printf("%s\n", text);
         free(text);
@@ -415,6 +405,7 @@ int cmd_bench(int argc, char **argv) {
     } else {
         printf("model %s, threads %d, --io %s%s%s\n", ea.dir, ea.mo.threads ? ea.mo.threads : 1, st.mode,
                cap_mb ? ", cap " : "", cap_mb ? "on" : "");
+        if (m->io_note[0]) printf("%s\n", m->io_note);
         printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (chunks of %d)\n", n_prompt, pm, psd, m->prefill_chunk);
         printf("decode   %6d tokens: %8.2f ± %.2f tok/s\n", n_gen, dm, dsd);
         printf("per token: %.1f MB from disk (block reads; %.1f MB of experts read), %.1f MB from memory (%.1f MB "

@@ -851,6 +851,7 @@ static int chat_open(chat *c) {
         fprintf(stderr, "%s: %s\n", cmd, err);
         return -1;
     }
+    if (c->m->io_note[0]) fprintf(stderr, "%s: %s\n", cmd, c->m->io_note);
     c->vocab = c->m->cfg.vocab_size;
     int model_max = c->m->cfg.max_position_embeddings;
     c->max_ctx = c->o.ctx ? c->o.ctx : CHAT_DEFAULT_CTX;

@@ -248,6 +248,7 @@ int cmd_perplexity(int argc, char **argv) {
         goto fail;
     }
     if (!(m = model_load(a.dir, &a.mo, err, sizeof err))) goto fail;
+    if (m->io_note[0]) fprintf(stderr, "flashmoe perplexity: %s\n", m->io_note);
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= m->cfg.vocab_size) {
             snprintf(err, sizeof err, "%s: token id %d at index %zu is out of range (vocabulary of %d)", a.input,

@@ -81,7 +81,8 @@ expert_source *experts_open_mapped_packed(const char *dir, const model_config *c
  * file offsets follow. table is [n_layers * n_experts]. */
 int experts_table_build(expert_view *table, const checkpoint *ck, const model_config *c, char *err, size_t errlen);
 
-typedef enum { EXPERTS_IO_CACHE, EXPERTS_IO_DIRECT, EXPERTS_IO_MMAP } experts_io_mode;
+/* AUTO (model_load only): MMAP or DIRECT from the model's size and the available memory (memplan.h). */
+typedef enum { EXPERTS_IO_AUTO, EXPERTS_IO_CACHE, EXPERTS_IO_DIRECT, EXPERTS_IO_MMAP } experts_io_mode;
 
 typedef struct {
     experts_io_mode mode; /* CACHE: page-cache reads; DIRECT: O_DIRECT + in-process LRU cache */

@@ -1,8 +1,10 @@
 /* Loading a Qwen3.5-MoE checkpoint: every weight fetched by name with the shape the config implies. */
 #include "model.h"
+#include "memplan.h"
 #include "packed.h"
 
 #include <math.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +122,61 @@ static int load_weights(loader *ld) {
     return 0;
 }
 
+size_t model_qmat_bytes(const qmat *m) { return m->data ? qmat_data_bytes(m) + 4 * qmat_group_count(m) : 0; }
+
+void model_layer_matrices(const layer_weights *w, const qmat *ms[LAYER_MATRICES]) {
+    const qmat *all[LAYER_MATRICES] = {&w->q_proj, &w->k_proj, &w->v_proj, &w->o_proj, &w->in_qkv,
+                                       &w->in_z,   &w->in_b,   &w->in_a,   &w->out_proj, &w->router,
+                                       &w->sh_gate, &w->sh_up, &w->sh_down, &w->sh_expert_gate};
+    memcpy(ms, all, sizeof all);
+}
+
+size_t model_resident_bytes(const model *m) {
+    size_t b = model_qmat_bytes(&m->embed);
+    if (m->lm_head.data != m->embed.data) b += model_qmat_bytes(&m->lm_head);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const qmat *ms[LAYER_MATRICES];
+        model_layer_matrices(&m->layers[l], ms);
+        for (int i = 0; i < LAYER_MATRICES; i++) b += model_qmat_bytes(ms[i]);
+    }
+    return b;
+}
+
+/* Bytes of the model's files: the checkpoint's safetensors and, in a packed directory, the expert files. */
+static size_t model_disk_bytes(const model *m, const char *dir) {
+    size_t b = 0;
+    for (int i = 0; i < m->ck.n_files; i++) b += m->ck.files[i].size;
+    if (packed_is_dir(dir))
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            char path[4096];
+            struct stat st;
+            packed_expert_path(path, sizeof path, dir, l);
+            if (!stat(path, &st)) b += (size_t)st.st_size; /* a missing one: opening the experts says so */
+        }
+    return b;
+}
+
+/* --io auto: mapped if the model fits in the available memory, else O_DIRECT with the cache sized from
+ * what is left (memplan.h); m->io_note says which when it is direct. */
+static int plan_io(model *m, const char *dir, const model_opts *opts, experts_io_mode *io, size_t *cache_bytes,
+                   char *err, size_t errlen) {
+    mem_available av;
+    size_t disk = model_disk_bytes(m, dir), resident = model_resident_bytes(m);
+    if (memplan_available("/proc", &av, err, errlen)) return -1;
+    io_plan p;
+    memplan_choose(disk, resident, av.bytes, opts->prefetch, opts->cache_given ? opts->cache_bytes : (size_t)-1, &p);
+    *io = p.mode;
+    *cache_bytes = p.cache_bytes;
+    const double MiB = 1048576.0;
+    if (p.mode == EXPERTS_IO_DIRECT) /* a model that fits is mapped silently, as other engines do */
+        snprintf(m->io_note, sizeof m->io_note,
+                 "--io auto: the model (%.0f MiB) %s the %.0f MiB available (%s): --io direct, expert cache %.0f "
+                 "MiB (resident weights %.0f MiB, %.0f MiB kept free)",
+                 disk / MiB, opts->prefetch && disk <= av.bytes - p.reserve_bytes ? "fits (--prefetch wants direct) in" : "exceeds",
+                 av.bytes / MiB, av.source, p.cache_bytes / MiB, resident / MiB, p.reserve_bytes / MiB);
+    return 0;
+}
+
 model *model_load(const char *dir, const model_opts *opts, char *err, size_t errlen) {
     model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -146,6 +203,8 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
     loader ld = {.m = m, .err = err, .errlen = errlen};
     if (load_weights(&ld)) goto bad;
     experts_io_mode io = opts ? opts->io : EXPERTS_IO_CACHE;
+    size_t cache_bytes = opts ? opts->cache_bytes : 0;
+    if (io == EXPERTS_IO_AUTO && plan_io(m, dir, opts, &io, &cache_bytes, err, errlen)) goto bad;
     if (opts && opts->prefetch && io != EXPERTS_IO_DIRECT) {
         snprintf(err, errlen, "--prefetch needs --io direct");
         goto bad;
@@ -154,7 +213,7 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
         m->experts = packed_is_dir(dir) ? experts_open_mapped_packed(dir, &m->cfg, err, errlen)
                                         : experts_open_mapped(&m->ck, &m->cfg, err, errlen);
     } else {
-        experts_stream_opts so = {.mode = io, .cache_bytes = opts ? opts->cache_bytes : 0,
+        experts_stream_opts so = {.mode = io, .cache_bytes = cache_bytes,
                                   .uring = !(opts && opts->io_threads_only), .top_k = m->top_k,
                                   .prefetch = opts && opts->prefetch};
         m->experts = experts_open_stream(dir, &m->ck, &m->cfg, &so, err, errlen);

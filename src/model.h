@@ -22,8 +22,9 @@
 typedef struct {
     int top_k;   /* experts per token; 0 = the model's own */
     int threads; /* 0 or 1 = single-threaded */
-    experts_io_mode io;  /* how experts are read: CACHE (default), DIRECT, or MMAP (HF checkpoints only) */
+    experts_io_mode io;  /* how experts are read: AUTO (the CLI's default), CACHE (no opts), DIRECT, MMAP */
     size_t cache_bytes;  /* DIRECT: the in-process expert cache's budget */
+    int cache_given;     /* cache_bytes was chosen by the user (AUTO then keeps it) */
     int io_threads_only; /* 1: reader threads instead of io_uring */
     int prefill_chunk;   /* positions run together when a prompt is processed; 0: 512 */
     int prefetch;        /* DIRECT only: while decoding, read the experts predicted for the next layer ahead */
@@ -67,10 +68,19 @@ typedef struct {
     pool *pool;
     float **f32_allocs; /* small converted vectors, freed with the model */
     int n_f32_allocs;
+    char io_note[640]; /* with io AUTO: what was chosen and why (one line, for the commands to print) */
 } model;
 
 model *model_load(const char *dir, const model_opts *opts, char *err, size_t errlen);
 void model_free(model *m);
+
+/* Bytes of a matrix: data plus bf16 scales and biases; 0 for one the layer does not have. */
+size_t model_qmat_bytes(const qmat *m);
+/* The resident matrices of a layer (those of the other layer type have no data). */
+#define LAYER_MATRICES 14
+void model_layer_matrices(const layer_weights *w, const qmat *ms[LAYER_MATRICES]);
+/* Bytes of every resident matrix: the layers', the embedding and (untied) the lm_head. */
+size_t model_resident_bytes(const model *m);
 
 typedef struct state state;
 

@@ -64,5 +64,5 @@ broken manifest_disagrees "experts-000.bin: header disagrees with flashmoe.json"
 fresh; sed -i 's/"version":	1/"version":	2/' "$T/x/flashmoe.json"
 broken manifest_version "flashmoe.json: manifest version 2"
 fresh; rm "$T/x/experts-004.bin"; broken missing_expert_file "experts-004.bin: cannot open"
-fresh; FLASHMOE_IO_FAIL_AFTER=3 broken injected_read_failure "experts-00.*.bin"
+fresh; FLASHMOE_IO_FAIL_AFTER=3 broken injected_read_failure "experts-00.*.bin" --io cache
 fresh; FLASHMOE_IO_FAIL_AFTER=3 broken injected_read_failure_direct "experts-00.*.bin" --io direct

@@ -44,7 +44,12 @@ for n in 2 10 40; do
     then pass prefetch_real_failure_reported_$n; else echo "  rc $rc"; cat "$T/errf"; fail prefetch_real_failure_reported_$n; fi
 done
 
-# --prefetch is for --io direct only
-if ! $BIN run -m "$T/m" --prompt-ids 1,2 -n 2 --ids --prefetch >/dev/null 2>"$T/err" &&
-    grep -q "prefetch needs --io direct" "$T/err"; then pass prefetch_needs_direct
-else cat "$T/err"; fail prefetch_needs_direct; fi
+# --prefetch is for --io direct only: refused with another mode, and --io auto (the default) picks direct
+for io in cache mmap; do
+    if ! $BIN run -m "$T/m" --prompt-ids 1,2 -n 2 --ids --prefetch --io $io >/dev/null 2>"$T/err" &&
+        grep -q "prefetch needs --io direct" "$T/err"; then pass prefetch_needs_direct_$io
+    else cat "$T/err"; fail prefetch_needs_direct_$io; fi
+done
+if $BIN run -m "$T/m" --prompt-ids 1,2 -n 2 --ids --prefetch >/dev/null 2>"$T/err" &&
+    grep -q "prefetch wants direct.*--io direct" "$T/err"; then pass prefetch_auto_direct
+else cat "$T/err"; fail prefetch_auto_direct; fi
