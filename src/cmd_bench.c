@@ -396,7 +396,7 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "floor_prefill_tok_s", pre_floor > 0 ? 1 / pre_floor : 0);
         cJSON_AddNumberToObject(o, "prefill_fraction_of_floor", pre_frac);
         cJSON_AddNumberToObject(o, "peak_cgroup_bytes", peak);
-        cJSON_AddNumberToObject(o, "expert_cache_bytes", (double)st.memory_bytes);
+        cJSON_AddNumberToObject(o, "expert_source_memory_bytes", (double)st.memory_bytes); /* buffers and cache */
         if (m->io_note[0]) cJSON_AddStringToObject(o, "io_note", m->io_note);
         char *text = cJSON_PrintUnformatted(o);
         printf("%s\n", text);
