@@ -40,7 +40,7 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     "                             memory, cgroup limits included, else direct): page cache, O_DIRECT with\n" \
     "                             an in-process LRU cache of --cache-mb MiB, or mapped\n"    \
     "  --cache-mb N               expert cache budget for --io direct (default 0; with auto, what the\n" \
-    "                             resident weights and 1 GiB leave of the available memory)\n"              \
+    "                             resident weights, the state for --ctx and a margin leave)\n"              \
     "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
     "  --prefetch                 --io direct: while decoding, read the experts the next layer's router\n" \
     "                             predicts during this layer (experimental; off by default)\n" \

@@ -291,6 +291,7 @@ int cmd_bench(int argc, char **argv) {
         return 1;
     }
     int rc = 1;
+    ea.mo.plan_ctx = n_prompt + n_gen + 1;
     model *m = model_load(ea.dir, &ea.mo, err, sizeof err);
     state *s = m ? state_create(m, n_prompt + n_gen + 1, err, sizeof err) : NULL;
     float *logits = m ? malloc(sizeof(float) * (size_t)m->cfg.vocab_size) : NULL;

@@ -847,6 +847,8 @@ static int chat_open(chat *c) {
         fprintf(stderr, "%s: %s\n", cmd, err);
         return -1;
     }
+    c->o.mo.plan_ctx = c->o.ctx ? c->o.ctx : CHAT_DEFAULT_CTX; /* an upper bound: the model may cap it below */
+    c->o.mo.plan_states = 2;                                      /* the conversation and its saved copy */
     if (!(c->m = model_load(c->o.dir, &c->o.mo, err, sizeof err))) {
         fprintf(stderr, "%s: %s\n", cmd, err);
         return -1;

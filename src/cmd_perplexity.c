@@ -247,6 +247,7 @@ int cmd_perplexity(int argc, char **argv) {
         snprintf(err, sizeof err, "%s: %s", a.input, why);
         goto fail;
     }
+    a.mo.plan_ctx = a.ctx;
     if (!(m = model_load(a.dir, &a.mo, err, sizeof err))) goto fail;
     if (m->io_note[0]) fprintf(stderr, "flashmoe perplexity: %s\n", m->io_note);
     for (size_t i = 0; i < n; i++)

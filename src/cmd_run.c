@@ -20,12 +20,13 @@ static int engine_open(const char *cmd, engine_args *ea, model **m, state **s, i
         fprintf(stderr, "flashmoe %s: -m DIR is required\n", cmd);
         return -1;
     }
+    int ctx = ea->ctx ? ea->ctx : (need_ctx > DEFAULT_CTX ? need_ctx : DEFAULT_CTX);
+    ea->mo.plan_ctx = ctx;
     if (!(*m = model_load(ea->dir, &ea->mo, err, sizeof err))) {
         fprintf(stderr, "flashmoe %s: %s\n", cmd, err);
         return -1;
     }
     if ((*m)->io_note[0]) fprintf(stderr, "flashmoe %s: %s\n", cmd, (*m)->io_note);
-    int ctx = ea->ctx ? ea->ctx : (need_ctx > DEFAULT_CTX ? need_ctx : DEFAULT_CTX);
     if (!(*s = state_create(*m, ctx, err, sizeof err))) {
         fprintf(stderr, "flashmoe %s: %s\n", cmd, err);
         model_free(*m);

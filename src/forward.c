@@ -19,6 +19,25 @@ static float *zalloc(size_t n, int *ok) {
     return p;
 }
 
+size_t state_bytes(const model_config *c, int top_k, int chunk, int threads, int max_ctx) {
+    /* the allocations of state_create below, in the same order */
+    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t key_dim = (size_t)c->lin_k_heads * c->lin_k_dim, value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
+    size_t conv_dim = 2 * key_dim + value_dim, floats = 0, ints = 0, L = (size_t)c->n_layers, H = (size_t)c->hidden_size;
+    for (size_t l = 0; l < L; l++)
+        floats += c->layer_types[l] == LAYER_FULL_ATTENTION
+                      ? 2 * (size_t)max_ctx * kv_dim
+                      : (size_t)(c->conv_kernel - 1) * conv_dim + (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
+    size_t inter = (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
+    size_t C = (size_t)(chunk > 0 ? chunk : 1), K = (size_t)top_k, heads = (size_t)c->n_heads * c->head_dim;
+    floats += C * H * 5 + C * heads * 3 + heads + (size_t)max_ctx * (size_t)(threads > 1 ? threads : 1) +
+              C * (conv_dim + 2 * value_dim + 2 * (size_t)c->lin_v_heads + (size_t)c->n_experts + K + 1 + 2 * inter) +
+              K * C * H + K * C;
+    ints = C * K + K * C + (size_t)c->n_experts + K;
+    return floats * sizeof(float) + ints * sizeof(int) + 4 * L * sizeof(float *) + L * T_COUNT * sizeof(double) +
+           sizeof(state);
+}
+
 state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     const model_config *c = &m->cfg;
     state *s = calloc(1, sizeof *s);

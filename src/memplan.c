@@ -144,11 +144,11 @@ int memplan_available(const char *proc_root, mem_available *out, char *err, size
     return 0;
 }
 
-void memplan_choose(size_t model_bytes, size_t resident_bytes, size_t avail, int need_direct, size_t cache_bytes,
-                    io_plan *out) {
-    size_t reserve = avail / 4 < MEMPLAN_RESERVE_MAX ? avail / 4 : MEMPLAN_RESERVE_MAX;
+void memplan_choose(size_t model_bytes, size_t resident_bytes, size_t state_bytes, size_t avail, int need_direct,
+                    size_t cache_bytes, io_plan *out) {
+    size_t reserve = state_bytes + (avail / 4 < MEMPLAN_MARGIN_MAX ? avail / 4 : MEMPLAN_MARGIN_MAX);
     out->reserve_bytes = reserve;
-    if (!need_direct && model_bytes <= avail - reserve) {
+    if (!need_direct && reserve <= avail && model_bytes <= avail - reserve) {
         out->mode = EXPERTS_IO_MMAP;
         out->cache_bytes = 0;
         return;

@@ -6,20 +6,21 @@
  * hierarchies are found in /proc/self/mountinfo, so both mount layouts and the hybrid one work). A cap
  * counts the page cache, as `tools/run_capped.sh` and `flashmoe bench --cap-mb` set it.
  *
- * The plan: a model whose files fit in that memory, with MEMPLAN_RESERVE to spare, is mapped (`--io mmap`:
+ * The plan: a model whose files fit in that memory, with its state and a margin to spare, is mapped (`--io mmap`:
  * after the first touch every expert comes from the page cache without a copy). A larger one is read with
  * O_DIRECT (`--io direct`), because the page cache would evict experts in whatever order the kernel likes
  * and fault them back 4 KiB-page by page (measured: 3x slower decoding under a 4 GiB cap, BENCHMARKS.md);
- * its in-process expert cache gets what is left after the resident weights and the reserve. */
+ * its in-process expert cache gets what is left after the resident weights, the state and the margin. */
 #ifndef FLASHMOE_MEMPLAN_H
 #define FLASHMOE_MEMPLAN_H
 #include <stddef.h>
 
 #include "experts.h"
 
-/* Kept free of experts for the KV cache, activations, I/O buffers and the rest of the process: 1 GiB,
- * or a quarter of the available memory when that is less. */
-#define MEMPLAN_RESERVE_MAX ((size_t)1 << 30)
+/* Kept free of experts besides the model's state (KV cache, recurrent state, a prompt chunk's
+ * activations: state_bytes), for I/O buffers, the page cache's own working set and the rest of the
+ * process: 512 MiB, or a quarter of the available memory when that is less. */
+#define MEMPLAN_MARGIN_MAX ((size_t)512 << 20)
 
 typedef struct {
     size_t bytes;      /* available to this process */
@@ -38,10 +39,11 @@ typedef struct {
     size_t reserve_bytes;
 } io_plan;
 
-/* The plan for a model of model_bytes on disk, resident_bytes of them always in memory, given avail
- * bytes. need_direct: an option that only --io direct serves was given (--prefetch). cache_bytes: the
- * user's --cache-mb, or (size_t)-1 to size the cache from what is left. */
-void memplan_choose(size_t model_bytes, size_t resident_bytes, size_t avail, int need_direct, size_t cache_bytes,
-                    io_plan *out);
+/* The plan for a model of model_bytes on disk, resident_bytes of them always in memory, whose states
+ * take state_bytes, given avail bytes. need_direct: an option that only --io direct serves was given
+ * (--prefetch). cache_bytes: the user's --cache-mb, or (size_t)-1 to size the cache from what is left.
+ * reserve_bytes = state_bytes + the margin. */
+void memplan_choose(size_t model_bytes, size_t resident_bytes, size_t state_bytes, size_t avail, int need_direct,
+                    size_t cache_bytes, io_plan *out);
 
 #endif

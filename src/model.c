@@ -163,17 +163,24 @@ static int plan_io(model *m, const char *dir, const model_opts *opts, experts_io
     mem_available av;
     size_t disk = model_disk_bytes(m, dir), resident = model_resident_bytes(m);
     if (memplan_available("/proc", &av, err, errlen)) return -1;
+    int ctx = opts->plan_ctx > 0 ? opts->plan_ctx : 4096, states = opts->plan_states > 0 ? opts->plan_states : 1;
+    size_t state = (size_t)states * state_bytes(&m->cfg, m->top_k, m->prefill_chunk, opts->threads, ctx);
     io_plan p;
-    memplan_choose(disk, resident, av.bytes, opts->prefetch, opts->cache_given ? opts->cache_bytes : (size_t)-1, &p);
+    memplan_choose(disk, resident, state, av.bytes, opts->prefetch, opts->cache_given ? opts->cache_bytes : (size_t)-1,
+                   &p);
     *io = p.mode;
     *cache_bytes = p.cache_bytes;
     const double MiB = 1048576.0;
     if (p.mode == EXPERTS_IO_DIRECT) /* a model that fits is mapped silently, as other engines do */
         snprintf(m->io_note, sizeof m->io_note,
                  "--io auto: the model (%.0f MiB) %s the %.0f MiB available (%s): --io direct, expert cache %.0f "
-                 "MiB (resident weights %.0f MiB, %.0f MiB kept free)",
-                 disk / MiB, opts->prefetch && disk <= av.bytes - p.reserve_bytes ? "fits (--prefetch wants direct) in" : "exceeds",
-                 av.bytes / MiB, av.source, p.cache_bytes / MiB, resident / MiB, p.reserve_bytes / MiB);
+                 "MiB (resident weights %.0f MiB, kept free %.0f MiB: the state for a context of %d, %.0f MiB, and a "
+                 "margin)",
+                 disk / MiB,
+                 opts->prefetch && p.reserve_bytes <= av.bytes && disk <= av.bytes - p.reserve_bytes
+                     ? "fits (--prefetch wants direct) in"
+                     : "exceeds",
+                 av.bytes / MiB, av.source, p.cache_bytes / MiB, resident / MiB, p.reserve_bytes / MiB, ctx, state / MiB);
     return 0;
 }
 

@@ -28,6 +28,8 @@ typedef struct {
     int io_threads_only; /* 1: reader threads instead of io_uring */
     int prefill_chunk;   /* positions run together when a prompt is processed; 0: 512 */
     int prefetch;        /* DIRECT only: while decoding, read the experts predicted for the next layer ahead */
+    int plan_ctx;        /* AUTO: the context the caller will create states for (0: 4096), and how many */
+    int plan_states;     /* states (0: 1); their size is kept free of the expert cache */
 } model_opts;
 
 typedef struct {
@@ -86,6 +88,9 @@ typedef struct state state;
 
 /* KV cache for max_ctx positions, recurrent and conv state, and all scratch: nothing is allocated after. */
 state *state_create(const model *m, int max_ctx, char *err, size_t errlen);
+/* Bytes state_create allocates for a model of this config with top_k experts per token, prompt chunks of
+ * `chunk`, `threads` threads and max_ctx positions (what --io auto keeps free for each state). */
+size_t state_bytes(const model_config *c, int top_k, int chunk, int threads, int max_ctx);
 void state_free(state *s);
 void state_reset(state *s);
 int state_pos(const state *s);

@@ -122,24 +122,30 @@ static void test_bad_files(void) {
 static void test_choose(void) {
     io_plan p;
     /* fits with the reserve to spare: mapped */
-    memplan_choose(20 * GiB, 1 * GiB, 24 * GiB, 0, (size_t)-1, &p);
+    memplan_choose(20 * GiB, 1 * GiB, 512 * MiB, 24 * GiB, 0, (size_t)-1, &p);
     CHECK(p.mode == EXPERTS_IO_MMAP && p.reserve_bytes == GiB, "mode %d reserve %zu", p.mode, p.reserve_bytes);
-    /* fits, but not with the reserve: direct, the cache gets what resident + reserve leave */
-    memplan_choose(23 * GiB + 512 * MiB, 1 * GiB, 24 * GiB, 0, (size_t)-1, &p);
+    /* fits, but not with the state and the margin: direct, the cache gets what resident + reserve leave */
+    memplan_choose(23 * GiB + 512 * MiB, 1 * GiB, 512 * MiB, 24 * GiB, 0, (size_t)-1, &p);
     CHECK(p.mode == EXPERTS_IO_DIRECT && p.cache_bytes == 22 * GiB, "mode %d cache %zu", p.mode, p.cache_bytes);
-    /* the 35B geometry under a 4 GiB cap */
-    memplan_choose(19 * GiB, 1323 * MiB, 4 * GiB, 0, (size_t)-1, &p);
-    CHECK(p.mode == EXPERTS_IO_DIRECT && p.cache_bytes == (4096 - 1323 - 1024) * MiB, "cache %zu", p.cache_bytes);
-    /* a small limit: the reserve is a quarter of it; resident weights larger than the rest: no cache */
-    memplan_choose(600 * MiB, 40 * MiB, 128 * MiB, 0, (size_t)-1, &p);
-    CHECK(p.mode == EXPERTS_IO_DIRECT && p.reserve_bytes == 32 * MiB && p.cache_bytes == 56 * MiB, "%zu %zu",
+    /* the 35B geometry under a 4 GiB cap, its state for a context of 4096 taking 334 MiB */
+    memplan_choose(19 * GiB, 1323 * MiB, 334 * MiB, 4 * GiB, 0, (size_t)-1, &p);
+    CHECK(p.mode == EXPERTS_IO_DIRECT && p.cache_bytes == (4096 - 1323 - 334 - 512) * MiB, "cache %zu", p.cache_bytes);
+    /* a long context's state comes out of the cache */
+    memplan_choose(19 * GiB, 1323 * MiB, 1334 * MiB, 4 * GiB, 0, (size_t)-1, &p);
+    CHECK(p.cache_bytes == (4096 - 1323 - 1334 - 512) * MiB, "cache %zu", p.cache_bytes);
+    /* a small limit: the margin is a quarter of it; resident weights larger than the rest: no cache */
+    memplan_choose(600 * MiB, 40 * MiB, 8 * MiB, 128 * MiB, 0, (size_t)-1, &p);
+    CHECK(p.mode == EXPERTS_IO_DIRECT && p.reserve_bytes == 40 * MiB && p.cache_bytes == 48 * MiB, "%zu %zu",
           p.reserve_bytes, p.cache_bytes);
-    memplan_choose(600 * MiB, 200 * MiB, 128 * MiB, 0, (size_t)-1, &p);
+    memplan_choose(600 * MiB, 200 * MiB, 8 * MiB, 128 * MiB, 0, (size_t)-1, &p);
     CHECK(p.mode == EXPERTS_IO_DIRECT && p.cache_bytes == 0, "cache %zu", p.cache_bytes);
+    /* a state larger than the memory: direct, no cache (and no arithmetic wrapping) */
+    memplan_choose(1 * MiB, 1 * MiB, 200 * MiB, 128 * MiB, 0, (size_t)-1, &p);
+    CHECK(p.mode == EXPERTS_IO_DIRECT && p.cache_bytes == 0, "mode %d cache %zu", p.mode, p.cache_bytes);
     /* the user's --cache-mb is kept; --prefetch needs direct even when the model fits */
-    memplan_choose(19 * GiB, 1 * GiB, 4 * GiB, 0, 100 * MiB, &p);
+    memplan_choose(19 * GiB, 1 * GiB, 0, 4 * GiB, 0, 100 * MiB, &p);
     CHECK(p.mode == EXPERTS_IO_DIRECT && p.cache_bytes == 100 * MiB, "cache %zu", p.cache_bytes);
-    memplan_choose(1 * GiB, 100 * MiB, 24 * GiB, 1, (size_t)-1, &p);
+    memplan_choose(1 * GiB, 100 * MiB, 100 * MiB, 24 * GiB, 1, (size_t)-1, &p);
     CHECK(p.mode == EXPERTS_IO_DIRECT && p.cache_bytes == 924 * MiB, "mode %d cache %zu (all the experts)", p.mode,
           p.cache_bytes);
 }

@@ -7,6 +7,7 @@
  * around 1e-6 here), so 1e-4 leaves two orders of magnitude of margin while any real mistake (a wrong
  * norm, a missed gate, a mis-routed expert) moves logits by 1e-2 or more. */
 #include <cjson/cJSON.h>
+#include <malloc.h>
 #include <math.h>
 
 #include "kernels.h"
@@ -176,6 +177,30 @@ static void test_fewer_experts_per_token(void) {
     CHECK(model_load(fixtures[0], &o, err, sizeof err) == NULL && strstr(err, "exceeds"), "%s", err);
 }
 
+/* state_bytes (what --io auto keeps free for each state) against what state_create really allocates
+ * (glibc's count of bytes in use, heap and mapped), for a few chunk sizes, thread counts and contexts. */
+static void test_state_bytes(void) {
+    struct { int chunk, threads, ctx; } cases[] = {{0, 1, 4096}, {7, 2, 300}, {512, 2, 20000}, {64, 1, 64}, {4096, 2, 4096}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[1024];
+        model_opts o = {.prefill_chunk = cases[i].chunk, .threads = cases[i].threads};
+        model *m = model_load(fixtures[2], &o, err, sizeof err);
+        CHECK(m, "%s", err);
+        if (!m) return;
+        struct mallinfo2 before = mallinfo2();
+        state *s = state_create(m, cases[i].ctx, err, sizeof err);
+        struct mallinfo2 after = mallinfo2();
+        CHECK(s, "%s", err);
+        double used = (double)(after.uordblks + after.hblkhd) - (double)(before.uordblks + before.hblkhd);
+        double want = (double)state_bytes(&m->cfg, m->top_k, m->prefill_chunk, cases[i].threads, cases[i].ctx);
+        /* allocator overhead: 16 bytes a block, and mapped blocks (about 40) rounded up to pages */
+        CHECK(fabs(used - want) <= 0.002 * want + 40 * 4096, "chunk %d threads %d ctx %d: allocated %.0f, state_bytes %.0f",
+              cases[i].chunk, cases[i].threads, cases[i].ctx, used, want);
+        state_free(s);
+        model_free(m);
+    }
+}
+
 /* A copied state continues exactly as the original would. */
 static void test_state_copy(void) {
     char err[1024];
@@ -222,5 +247,6 @@ int main(void) {
     RUN_TEST(test_fewer_experts_per_token);
     RUN_TEST(test_context_full_and_bad_token);
     RUN_TEST(test_state_copy);
+    RUN_TEST(test_state_bytes);
     TEST_EXIT();
 }
