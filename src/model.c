@@ -179,7 +179,8 @@ static int plan_io(model *m, const char *dir, const model_opts *opts, experts_io
                  disk / MiB,
                  opts->prefetch && p.reserve_bytes <= av.bytes && disk <= av.bytes - p.reserve_bytes
                      ? "fits (--prefetch wants direct) in"
-                     : "exceeds",
+                 : disk <= av.bytes ? "with its state and a margin exceeds"
+                                    : "exceeds",
                  av.bytes / MiB, av.source, p.cache_bytes / MiB, resident / MiB, p.reserve_bytes / MiB, ctx, state / MiB);
     return 0;
 }
