@@ -44,7 +44,7 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
     "  --prefetch                 --io direct: while decoding, read the experts the next layer's router\n" \
     "                             predicts during this layer (experimental; off by default)\n" \
-    "  --prefill-chunk N          prompt positions run together, each expert read once per chunk (512)\n" \
+    "  --prefill-chunk N          prompt positions run together, each expert read once per chunk (2048)\n" \
     "  --timing                   print where each layer's time goes, and the I/O totals\n"
 
 #endif

@@ -407,7 +407,8 @@ int cmd_bench(int argc, char **argv) {
         printf("model %s, threads %d, --io %s%s%s\n", ea.dir, ea.mo.threads ? ea.mo.threads : 1, st.mode,
                cap_mb ? ", cap " : "", cap_mb ? "on" : "");
         if (m->io_note[0]) printf("%s\n", m->io_note);
-        printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (chunks of %d)\n", n_prompt, pm, psd, m->prefill_chunk);
+        printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (chunks of %d)\n", n_prompt, pm, psd,
+               n_prompt < m->prefill_chunk ? n_prompt : m->prefill_chunk);
         printf("decode   %6d tokens: %8.2f ± %.2f tok/s\n", n_gen, dm, dsd);
         printf("per token: %.1f MB from disk (block reads; %.1f MB of experts read), %.1f MB from memory (%.1f MB "
                "of it recurrent state and KV cache)\n",

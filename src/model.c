@@ -196,7 +196,7 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
         return NULL;
     }
     m->top_k = opts && opts->top_k > 0 ? opts->top_k : m->cfg.top_k;
-    m->prefill_chunk = opts && opts->prefill_chunk > 0 ? opts->prefill_chunk : 512;
+    m->prefill_chunk = opts && opts->prefill_chunk > 0 ? opts->prefill_chunk : MODEL_PREFILL_CHUNK;
     if (m->top_k > m->cfg.n_experts) {
         snprintf(err, errlen, "%s: --experts-per-token %d exceeds the model's %d experts", dir, m->top_k,
                  m->cfg.n_experts);

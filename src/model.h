@@ -19,6 +19,13 @@
 #include "tensor.h"
 #include "threadpool.h"
 
+/* Prompt positions run together by default. Each expert a chunk routes to is read and unpacked once for
+ * all its rows, so a longer chunk gives each expert more rows (a 2048-token chunk of the 35B geometry:
+ * about 64 instead of 16) for the same reads: prefill of a 2048-token prompt 76 -> 67 ms per token in
+ * four alternating pairs against 512 (BENCHMARKS.md), for about 0.23 MB more state per position there,
+ * allocated lazily and counted by --io auto (state_bytes). */
+#define MODEL_PREFILL_CHUNK 2048
+
 typedef struct {
     int top_k;   /* experts per token; 0 = the model's own */
     int threads; /* 0 or 1 = single-threaded */
@@ -26,7 +33,7 @@ typedef struct {
     size_t cache_bytes;  /* DIRECT: the in-process expert cache's budget */
     int cache_given;     /* cache_bytes was chosen by the user (AUTO then keeps it) */
     int io_threads_only; /* 1: reader threads instead of io_uring */
-    int prefill_chunk;   /* positions run together when a prompt is processed; 0: 512 */
+    int prefill_chunk;   /* positions run together when a prompt is processed; 0: MODEL_PREFILL_CHUNK */
     int prefetch;        /* DIRECT only: while decoding, read the experts predicted for the next layer ahead */
     int plan_ctx;        /* AUTO: the context the caller will create states for (0: 4096), and how many */
     int plan_states;     /* states (0: 1); their size is kept free of the expert cache */
