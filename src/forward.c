@@ -30,10 +30,11 @@ size_t state_bytes(const model_config *c, int top_k, int chunk, int threads, int
                       : (size_t)(c->conv_kernel - 1) * conv_dim + (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
     size_t inter = (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
     size_t C = (size_t)(chunk > 0 ? chunk : 1), K = (size_t)top_k, heads = (size_t)c->n_heads * c->head_dim;
+    size_t R = state_batch_rows(K, C);
     floats += C * H * 5 + C * heads * 3 + heads + (size_t)max_ctx * (size_t)(threads > 1 ? threads : 1) +
               C * (conv_dim + 2 * value_dim + 2 * (size_t)c->lin_v_heads + (size_t)c->n_experts + K + 1 + 2 * inter) +
-              K * C * H + K * C;
-    ints = C * K + K * C + (size_t)c->n_experts + K;
+              R * H + R;
+    ints = C * K + R + (K + 1) + (size_t)c->n_experts + K;
     return floats * sizeof(float) + ints * sizeof(int) + 4 * L * sizeof(float *) + L * T_COUNT * sizeof(double) +
            sizeof(state);
 }
@@ -83,13 +84,16 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->xe = zalloc(C * H, &ok);
     s->eh = zalloc(C * inter, &ok);
     s->eu = zalloc(C * inter, &ok);
-    s->expert_out = zalloc(K * C * H, &ok);
-    s->expert_w = zalloc(K * C, &ok);
+    size_t R = state_batch_rows(K, C);
+    s->batch_rows = (int)R;
+    s->expert_out = zalloc(R * H, &ok);
+    s->expert_w = zalloc(R, &ok);
     s->topk_id = calloc(C * K, sizeof(int));
-    s->expert_rows = calloc(K * C, sizeof(int));
+    s->expert_rows = calloc(R, sizeof(int));
+    s->batch_off = calloc(K + 1, sizeof(int));
     s->expert_n = calloc((size_t)c->n_experts, sizeof(int));
     s->batch_ids = calloc(K, sizeof(int));
-    if (!s->topk_id || !s->expert_rows || !s->expert_n || !s->batch_ids) ok = 0;
+    if (!s->topk_id || !s->expert_rows || !s->batch_off || !s->expert_n || !s->batch_ids) ok = 0;
     s->times = calloc((size_t)L * T_COUNT, sizeof(double));
     if (!s->times) ok = 0;
     if (!ok) goto oom;
@@ -118,6 +122,7 @@ void state_free(state *s) {
                      s->expert_out, s->expert_w};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->expert_rows);
+    free(s->batch_off);
     free(s->expert_n);
     free(s->batch_ids);
     free(s->topk_id);

@@ -22,7 +22,7 @@
 /* Prompt positions run together by default. Each expert a chunk routes to is read and unpacked once for
  * all its rows, so a longer chunk gives each expert more rows (a 2048-token chunk of the 35B geometry:
  * about 64 instead of 16) for the same reads: prefill of a 2048-token prompt 76 -> 67 ms per token in
- * four alternating pairs against 512 (BENCHMARKS.md), for about 0.23 MB more state per position there,
+ * four alternating pairs against 512 (BENCHMARKS.md), for about 0.18 MB of state per position there,
  * allocated lazily and counted by --io auto (state_bytes). */
 #define MODEL_PREFILL_CHUNK 2048
 

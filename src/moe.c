@@ -90,26 +90,31 @@ static int prefetch_next_layer(state *s, int layer, char *err, size_t errlen) {
     return experts_prefetch(m->experts, layer + 1, s->topk_id, m->top_k, err, errlen);
 }
 
-/* The rows of the chunk routed to expert e, and their weights, into slot b of the batch. */
-static int gather_rows(state *s, int e, int T, int b) {
-    int K = s->m->top_k, n = 0;
+/* The rows of the chunk routed to expert e, and their weights, from batch row `at` on. */
+static void gather_rows(state *s, int e, int T, int at) {
+    int K = s->m->top_k;
     for (int t = 0; t < T; t++)
         for (int j = 0; j < K; j++)
             if (s->topk_id[(size_t)t * K + j] == e) {
-                s->expert_rows[(size_t)b * s->chunk + n] = t;
-                s->expert_w[(size_t)b * s->chunk + n] = s->topk_w[(size_t)t * K + j];
-                n++;
+                s->expert_rows[at] = t;
+                s->expert_w[at++] = s->topk_w[(size_t)t * K + j];
             }
-    return n;
 }
 
-/* The next batch of at most K experts (ascending ids, from expert *next on) with their rows; its size. */
+/* The next batch of experts (ascending ids, from expert *next on) with their rows: at most K of them, and
+ * at most s->batch_rows rows between them (one expert has at most a chunk's rows, which always fit). Its
+ * size. */
 static int next_batch(state *s, int T, int *next) {
     int E = s->m->cfg.n_experts, K = s->m->top_k, nb = 0;
+    s->batch_off[0] = 0;
     for (; *next < E && nb < K; ++*next) {
-        if (!s->expert_n[*next]) continue;
-        gather_rows(s, *next, T, nb);
-        s->batch_ids[nb++] = *next;
+        int n = s->expert_n[*next];
+        if (!n) continue;
+        if (s->batch_off[nb] + n > s->batch_rows) break;
+        gather_rows(s, *next, T, s->batch_off[nb]);
+        s->batch_ids[nb] = *next;
+        s->batch_off[nb + 1] = s->batch_off[nb] + n;
+        nb++;
     }
     return nb;
 }
@@ -119,27 +124,24 @@ static int next_batch(state *s, int T, int *next) {
 static int finish_batch(state *s, int layer, const float *xn, int nb, float *out, double *t, char *err,
                         size_t errlen) {
     const model *m = s->m;
-    int H = m->cfg.hidden_size, C = s->chunk, i, rc;
+    int H = m->cfg.hidden_size, i, rc;
     expert_view v;
     while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) {
         state_tick(s, layer, T_IO_WAIT, t);
-        int n = s->expert_n[s->batch_ids[i]];
-        const int *rows = s->expert_rows + (size_t)i * C;
+        int n = s->expert_n[s->batch_ids[i]], at = s->batch_off[i];
+        const int *rows = s->expert_rows + at;
         for (int r = 0; r < n; r++) memcpy(s->xe + (size_t)r * H, xn + (size_t)rows[r] * H, sizeof(float) * H);
-        swiglu_mlp(s, &v.gate, &v.up, &v.down, s->xe, n, s->expert_out + (size_t)i * C * H);
+        swiglu_mlp(s, &v.gate, &v.up, &v.down, s->xe, n, s->expert_out + (size_t)at * H);
         state_tick(s, layer, T_EXPERTS, t);
     }
     experts_end(m->experts);
     state_tick(s, layer, T_IO_WAIT, t);
     if (rc) return rc;
-    for (int b = 0; b < nb; b++) {
-        int n = s->expert_n[s->batch_ids[b]];
-        for (int r = 0; r < n; r++) {
-            float wt = s->expert_w[(size_t)b * C + r];
-            const float *y = s->expert_out + ((size_t)b * C + r) * H;
-            float *o = out + (size_t)s->expert_rows[(size_t)b * C + r] * H;
-            for (int k = 0; k < H; k++) o[k] += wt * y[k];
-        }
+    for (int r = 0; r < s->batch_off[nb]; r++) { /* the batch's rows: expert by expert, ascending */
+        float wt = s->expert_w[r];
+        const float *y = s->expert_out + (size_t)r * H;
+        float *o = out + (size_t)s->expert_rows[r] * H;
+        for (int k = 0; k < H; k++) o[k] += wt * y[k];
     }
     return 0;
 }

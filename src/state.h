@@ -32,12 +32,27 @@ struct state {
     int *topk_id;           /* [chunk][K] */
     float *sg, *sh;         /* shared expert: [chunk] gate logits, [chunk][H] output */
     float *xe, *eh, *eu;    /* one expert's tokens: [chunk][H] gathered inputs, [chunk][inter] x2 */
-    float *expert_out;      /* [K][chunk][H]: outputs of a batch of experts, summed in ascending expert order */
-    int *expert_rows;       /* [K][chunk]: which rows of the chunk each expert of the batch takes */
-    float *expert_w;        /* [K][chunk]: their routing weights */
+    /* A batch of experts (at most K, and at most batch_rows rows between them): expert b of the batch
+     * has rows [batch_off[b], batch_off[b + 1]) of these */
+    int batch_rows;         /* state_batch_rows(K, chunk) */
+    float *expert_out;      /* [batch_rows][H]: outputs of the batch, summed in ascending expert order */
+    int *expert_rows;       /* [batch_rows]: which row of the chunk each of them is */
+    float *expert_w;        /* [batch_rows]: its routing weight */
+    int *batch_off;         /* [K + 1] */
     int *expert_n;          /* [E]: rows routed to each expert in this chunk */
     int *batch_ids;         /* [K] */
 };
+
+/* Rows a batch of experts may hold, in chunks: a batch averages K * K / E chunks' worth with uniform routing
+ * (a quarter of a chunk for the 35B geometry), so two chunks' worth cut a batch short only when routing
+ * concentrates on few experts. (Before: K chunks' worth, 29% of the state per position.) */
+#define STATE_BATCH_CHUNKS 2
+/* ... and never fewer than K, so that one token's K experts are always one batch (decoding reads them in
+ * one round, and moe.c's prefetch reuses topk_id once they are in it). */
+static inline size_t state_batch_rows(size_t K, size_t chunk) {
+    size_t r = (K < STATE_BATCH_CHUNKS ? K : STATE_BATCH_CHUNKS) * chunk;
+    return r > K ? r : K;
+}
 
 static inline double state_clock(const state *s) { return s->timing ? util_now_seconds() : 0.0; }
 /* adds the time since *t to bucket b of layer l, and restarts *t */

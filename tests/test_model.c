@@ -201,6 +201,38 @@ static void test_state_bytes(void) {
     }
 }
 
+/* A batch of experts holds at most two chunks' rows (state_batch_rows): with 6 of the 8 experts per token
+ * and chunks of 7 positions, every expert of a chunk takes about 5 of its rows, so batches of 6 experts
+ * (~31 rows) are cut at 14. The logits must still be those of one position at a time (chunks of 1, where
+ * one token's 6 experts always make one batch). */
+static void test_batch_row_budget(void) {
+    char err[1024];
+    int32_t ids[12] = {5, 17, 3, 99, 42, 7, 250, 11, 64, 8, 301, 2};
+    float *l[2] = {NULL, NULL};
+    int vocab = 0;
+    for (int v = 0; v < 2; v++) {
+        model_opts o = {.top_k = 6, .prefill_chunk = v ? 7 : 1};
+        model *m = model_load(fixtures[0], &o, err, sizeof err);
+        CHECK(m, "%s", err);
+        if (!m) return;
+        vocab = m->cfg.vocab_size;
+        state *s = state_create(m, 64, err, sizeof err);
+        l[v] = malloc(sizeof(float) * 12 * (size_t)vocab);
+        CHECK(s && model_forward(m, s, ids, 12, l[v], 1, err, sizeof err) == 0, "%s", err);
+        state_free(s);
+        model_free(m);
+    }
+    double max_ref = 0, max_diff = 0;
+    for (size_t i = 0; i < 12 * (size_t)vocab; i++) {
+        max_ref = fmax(max_ref, fabs(l[0][i]));
+        max_diff = fmax(max_diff, fabs(l[0][i] - l[1][i]));
+    }
+    CHECK(max_diff <= 1e-4 * max_ref, "chunks of 7 vs 1 with 6 experts per token: max |diff| %g (max |logit| %g)",
+          max_diff, max_ref);
+    free(l[0]);
+    free(l[1]);
+}
+
 /* A copied state continues exactly as the original would. */
 static void test_state_copy(void) {
     char err[1024];
@@ -248,5 +280,6 @@ int main(void) {
     RUN_TEST(test_context_full_and_bad_token);
     RUN_TEST(test_state_copy);
     RUN_TEST(test_state_bytes);
+    RUN_TEST(test_batch_row_budget);
     TEST_EXIT();
 }
