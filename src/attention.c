@@ -4,13 +4,17 @@
 
 #include "state.h"
 
+/* inv_freq[i] = theta^(-2i / rope_dim), i < rope_dim / 2: once per call, not per head and position. */
+static void rope_freqs(float *inv_freq, int rope_dim, double theta) {
+    for (int i = 0; i < rope_dim / 2; i++) inv_freq[i] = (float)(1.0 / pow(theta, (double)(2 * i) / rope_dim));
+}
+
 /* Rotate-half RoPE on the first rope_dim values of a head: pairs (i, i + rope_dim/2),
- * angle = pos * theta^(-2i / rope_dim). */
-static void rope(float *v, int rope_dim, int pos, double theta) {
+ * angle = pos * inv_freq[i]. */
+static void rope(float *v, int rope_dim, int pos, const float *inv_freq) {
     int half = rope_dim / 2;
     for (int i = 0; i < half; i++) {
-        float inv_freq = (float)(1.0 / pow(theta, (double)(2 * i) / rope_dim));
-        float angle = (float)pos * inv_freq;
+        float angle = (float)pos * inv_freq[i];
         float cs = cosf(angle), sn = sinf(angle);
         float x1 = v[i], x2 = v[i + half];
         v[i] = x1 * cs - x2 * sn;
@@ -18,6 +22,11 @@ static void rope(float *v, int rope_dim, int pos, double theta) {
     }
 }
 
+AI float hsum(v8 acc) {
+    float d = 0.0f;
+    for (int l = 0; l < 8; l++) d += acc[l];
+    return d;
+}
 
 AI float dot(const float *a, const float *b, int n) {
     int i = 0;
@@ -25,16 +34,62 @@ AI float dot(const float *a, const float *b, int n) {
     if (n % 8 == 0) {
         v8 acc = {0};
         for (; i < n; i += 8) acc += *(const v8 *)(a + i) * *(const v8 *)(b + i);
-        for (int l = 0; l < 8; l++) d += acc[l];
+        d = hsum(acc);
     }
     for (; i < n; i++) d += a[i] * b[i];
     return d;
+}
+
+/* sc[p] = scale * q . k_p for p < n, key p at k + p * ks. Four keys at a time: with one key at a time
+ * each dot product was a chain of dependent multiply-adds (latency-bound); four are independent. Each
+ * key's sum is formed in the same order as dot(), so the scores are the same bits. */
+AI void qk_scores(const float *q, const float *k, size_t ks, int n, int hd, float scale, float *sc) {
+    int p = 0;
+    if (hd % 8 == 0)
+        for (; p + 4 <= n; p += 4) {
+            const float *k0 = k + (size_t)p * ks, *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+            v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int i = 0; i < hd; i += 8) {
+                v8 qv = *(const v8 *)(q + i);
+                a0 += qv * *(const v8 *)(k0 + i);
+                a1 += qv * *(const v8 *)(k1 + i);
+                a2 += qv * *(const v8 *)(k2 + i);
+                a3 += qv * *(const v8 *)(k3 + i);
+            }
+            sc[p] = hsum(a0) * scale, sc[p + 1] = hsum(a1) * scale;
+            sc[p + 2] = hsum(a2) * scale, sc[p + 3] = hsum(a3) * scale;
+        }
+    for (; p < n; p++) sc[p] = dot(q, k + (size_t)p * ks, hd) * scale;
+}
+
+/* o += sum_p w[p] v_p for p < n, in order of p (each o[i] gets the same additions in the same order as
+ * one key at a time), four keys per pass over o so that o is loaded and stored once per four. */
+AI void pv_accumulate(float *o, const float *v, size_t vs, const float *w, int n, int hd) {
+    int p = 0;
+    if (hd % 8 == 0)
+        for (; p + 4 <= n; p += 4) {
+            const float *v0 = v + (size_t)p * vs, *v1 = v0 + vs, *v2 = v1 + vs, *v3 = v2 + vs;
+            float w0 = w[p], w1 = w[p + 1], w2 = w[p + 2], w3 = w[p + 3];
+            for (int i = 0; i < hd; i += 8) {
+                v8 acc = *(v8 *)(o + i);
+                acc += w0 * *(const v8 *)(v0 + i);
+                acc += w1 * *(const v8 *)(v1 + i);
+                acc += w2 * *(const v8 *)(v2 + i);
+                acc += w3 * *(const v8 *)(v3 + i);
+                *(v8 *)(o + i) = acc;
+            }
+        }
+    for (; p < n; p++) {
+        const float *vp = v + (size_t)p * vs;
+        for (int i = 0; i < hd; i++) o[i] += w[p] * vp[i];
+    }
 }
 
 typedef struct {
     state *s;
     int layer, T, tasks;
     const layer_weights *w;
+    const float *inv_freq; /* RoPE frequencies (rope_freqs) */
 } attn_job;
 
 /* Task i: query heads i, i + tasks, ... for all T positions: q norm and RoPE, causal softmax(q k^T /
@@ -54,24 +109,19 @@ AI void attn_heads(const attn_job *j, int task) {
             const float *qg = s->qg + (size_t)t * qg_dim;
             float *q = s->q + (size_t)h * hd;
             rmsnorm(q, qg + (size_t)h * 2 * hd, j->w->q_norm, hd, c->norm_eps);
-            rope(q, c->rope_dim, pos, c->rope_theta);
+            rope(q, c->rope_dim, pos, j->inv_freq);
+            qk_scores(q, k_cache + (size_t)kvh * hd, (size_t)kv_dim, pos + 1, hd, scale, scores);
             float maxs = -INFINITY;
-            for (int p = 0; p <= pos; p++) {
-                scores[p] = dot(q, k_cache + (size_t)p * kv_dim + (size_t)kvh * hd, hd) * scale;
-                if (scores[p] > maxs) maxs = scores[p];
-            }
+            for (int p = 0; p <= pos; p++) maxs = scores[p] > maxs ? scores[p] : maxs;
             float sum = 0.0f;
             for (int p = 0; p <= pos; p++) {
                 scores[p] = expf(scores[p] - maxs);
                 sum += scores[p];
             }
+            for (int p = 0; p <= pos; p++) scores[p] /= sum; /* the weights, as pr = scores / sum before */
             float *o = s->att + (size_t)t * nh * hd + (size_t)h * hd;
             for (int i = 0; i < hd; i++) o[i] = 0.0f;
-            for (int p = 0; p <= pos; p++) {
-                const float *vp = v_cache + (size_t)p * kv_dim + (size_t)kvh * hd;
-                float pr = scores[p] / sum;
-                for (int i = 0; i < hd; i++) o[i] += pr * vp[i];
-            }
+            pv_accumulate(o, v_cache + (size_t)kvh * hd, (size_t)kv_dim, scores, pos + 1, hd);
             /* attn * sigmoid(gate) */
             const float *gate = qg + (size_t)h * 2 * hd + hd;
             for (int i = 0; i < hd; i++) o[i] *= sigmoid(gate[i]);
@@ -101,16 +151,18 @@ void attention_forward(state *s, int layer, const layer_weights *w, const float 
     state_matmul(s, k_cache + (size_t)s->pos * kv_dim, &w->k_proj, xn, T);
     state_matmul(s, v_cache + (size_t)s->pos * kv_dim, &w->v_proj, xn, T);
     /* per-head k_norm (1 + w), then RoPE on the leading rope_dim values */
+    float inv_freq[CONFIG_MAX_ROPE_DIM / 2];
+    rope_freqs(inv_freq, c->rope_dim, c->rope_theta);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < nkv; h++) {
             float *k = k_cache + (size_t)(s->pos + t) * kv_dim + (size_t)h * hd;
             rmsnorm(k, k, w->k_norm, hd, c->norm_eps);
-            rope(k, c->rope_dim, s->pos + t, c->rope_theta);
+            rope(k, c->rope_dim, s->pos + t, inv_freq);
         }
     /* the query heads in parallel, one task per thread */
     int tasks = pool_size(s->m->pool);
     if (tasks > c->n_heads) tasks = c->n_heads;
-    attn_job j = {s, layer, T, tasks, w};
+    attn_job j = {s, layer, T, tasks, w, inv_freq};
     pool_run(s->m->pool, kernel_level_active() >= KERNEL_AVX2 ? attn_task_avx2 : attn_task_generic, &j, tasks);
     state_matmul(s, out, &w->o_proj, s->att, T); /* o_proj */
 }

@@ -103,6 +103,11 @@ static int parse_rope(model_config *c, const cJSON *t, const char *path, char *e
         snprintf(err, errlen, "%s: bad RoPE settings (theta %g, partial_rotary_factor %g)", path, theta, factor);
         return -1;
     }
+    if (c->rope_dim > CONFIG_MAX_ROPE_DIM) {
+        snprintf(err, errlen, "%s: RoPE dimension %d (head_dim x partial_rotary_factor) exceeds %d", path, c->rope_dim,
+                 CONFIG_MAX_ROPE_DIM);
+        return -1;
+    }
     return 0;
 }
 

@@ -9,6 +9,8 @@
 #include <stddef.h>
 
 #define CONFIG_MAX_EOS 8
+/* Largest RoPE dimension (head_dim x partial_rotary_factor) accepted; attention keeps its frequencies on the stack. */
+#define CONFIG_MAX_ROPE_DIM 1024
 
 typedef enum { LAYER_LINEAR_ATTENTION, LAYER_FULL_ATTENTION } layer_type;
 

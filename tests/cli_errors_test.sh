@@ -43,6 +43,9 @@ expect missing_config "$T/m/config.json" "cannot open" -- $BIN $LOGITS "$T/m"
 fresh tiny-a-f32; sed -i 's/"qwen3_5_moe_text"/"llama"/' "$T/m/config.json"
 expect unknown_model_type "config.json" "unknown model_type 'llama'" -- $BIN $LOGITS "$T/m"
 
+fresh tiny-a-f32; sed -i 's/"head_dim": 32/"head_dim": 8192/' "$T/m/config.json"
+expect rope_dim_too_large "config.json" "RoPE dimension 2048" "exceeds 1024" -- $BIN $LOGITS "$T/m"
+
 fresh tiny-a-f32; echo '{"model_type": ' >"$T/m/config.json"
 expect malformed_config "config.json" "malformed JSON" -- $BIN $LOGITS "$T/m"
 
