@@ -257,25 +257,7 @@ void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, 
     kernel_gemm_run(Y, w, X, n, r0, r1, GEMM_NR512, tile_avx512);
 }
 
-/* As kernel_fma_rate_avx2, with 16-lane FMAs: the f32 peak of this level. */
-double kernel_fma_rate_avx512(double seconds) {
-    __m512 a[12];
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps(0.001f * (float)i);
-    const __m512 mul = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(1e-6f);
-    long iters = 0;
-    double t0 = util_now_seconds(), dt;
-    do {
-        for (int r = 0; r < 4096; r++) {
-#pragma GCC unroll 12
-            for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], mul, c);
-        }
-        iters += 4096;
-    } while ((dt = util_now_seconds() - t0) < seconds);
-    float sink = 0.0f;
-    for (int i = 0; i < 12; i++) sink += _mm512_cvtss_f32(a[i]);
-    __asm__ volatile("" : : "x"(sink)); /* keep the chains */
-    return (double)iters * 12 * 16 / dt;
-}
+KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_cvtss_f32, 16)
 
 #define OPS_AVX512(NAME, Q4, Q2)                                                                  \
     {.name = NAME,                                                                                \

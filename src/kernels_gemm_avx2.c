@@ -268,27 +268,7 @@ void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int
     }
 }
 
-/* Multiply-adds per second this thread's FMA units sustain: 12 independent chains of 8-lane FMAs on
- * registers (no memory traffic), for at least `seconds`. The hardware's arithmetic peak for f32, against
- * which `flashmoe bench` sets the prefill floor. */
-double kernel_fma_rate_avx2(double seconds) {
-    __m256 a[12];
-    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps(0.001f * (float)i);
-    const __m256 m = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(1e-6f);
-    long iters = 0;
-    double t0 = util_now_seconds(), dt;
-    do {
-        for (int r = 0; r < 4096; r++) {
-#pragma GCC unroll 12
-            for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
-        }
-        iters += 4096;
-    } while ((dt = util_now_seconds() - t0) < seconds);
-    float sink = 0.0f;
-    for (int i = 0; i < 12; i++) sink += _mm256_cvtss_f32(a[i]);
-    __asm__ volatile("" : : "x"(sink)); /* keep the chains */
-    return (double)iters * 12 * 8 / dt;
-}
+KERNEL_FMA_RATE_FN(kernel_fma_rate_avx2, __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_cvtss_f32, 8)
 
 #else
 typedef int kernels_gemm_avx2_unused;

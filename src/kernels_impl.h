@@ -109,9 +109,31 @@ typedef void (*kernel_gemm_tile)(int rows, const float *P, int kc, const float *
 void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt, kernel_gemm_tile tile);
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+/* Multiply-adds per second this thread's FMA units sustain at a level's vector width, over at least
+ * `seconds`: 12 independent chains of FMAs on registers (no memory traffic). The hardware's f32
+ * arithmetic peak, against which `flashmoe bench` sets the prefill floor. kernel_fma_rate_avx2 is in
+ * kernels_gemm_avx2.c, kernel_fma_rate_avx512 in kernels_avx512.c, both from KERNEL_FMA_RATE_FN (which
+ * needs util.h and the level's target pragma). */
 double kernel_fma_rate_avx512(double seconds);
-/* Multiply-adds per second of this thread's AVX2 FMA units over `seconds` (kernels_gemm_avx2.c). */
 double kernel_fma_rate_avx2(double seconds);
+#define KERNEL_FMA_RATE_FN(NAME, VEC, SET1, FMADD, CVTSS, LANES)                            \
+    double NAME(double seconds) {                                                          \
+        VEC a[12];                                                                         \
+        for (int i = 0; i < 12; i++) a[i] = SET1(0.001f * (float)i);                       \
+        const VEC m = SET1(0.9999f), c = SET1(1e-6f);                                      \
+        long iters = 0;                                                                    \
+        double t0 = util_now_seconds(), dt;                                                \
+        do {                                                                               \
+            for (int r = 0; r < 4096; r++) {                                               \
+                _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = FMADD(a[i], m, c); \
+            }                                                                              \
+            iters += 4096;                                                                 \
+        } while ((dt = util_now_seconds() - t0) < seconds);                                \
+        float sink = 0.0f;                                                                 \
+        for (int i = 0; i < 12; i++) sink += CVTSS(a[i]);                                  \
+        __asm__ volatile("" : : "x"(sink)); /* keep the chains */                          \
+        return (double)iters * 12 * (LANES) / dt;                                          \
+    }
 /* The int16 path's row kernels for Q4 and Q2 and its x preparation (kernels_avx2.c, 256-bit), for the
  * AVX2 and AVX-512 levels; the _vnni kernels sum with vpdpwssd and need AVX512-VNNI + VL. */
 void kernel_rows_q4_avx2(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out);
