@@ -368,7 +368,7 @@ int cmd_bench(int argc, char **argv) {
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", ea.dir);
-        cJSON_AddNumberToObject(o, "threads", ea.mo.threads ? ea.mo.threads : 1);
+        cJSON_AddNumberToObject(o, "threads", threads);
         cJSON_AddStringToObject(o, "io", st.mode);
         cJSON_AddNumberToObject(o, "cap_mb", cap_mb);
         cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
@@ -404,7 +404,7 @@ int cmd_bench(int argc, char **argv) {
         free(text);
         cJSON_Delete(o);
     } else {
-        printf("model %s, threads %d, --io %s%s%s\n", ea.dir, ea.mo.threads ? ea.mo.threads : 1, st.mode,
+        printf("model %s, threads %d, --io %s%s%s\n", ea.dir, threads, st.mode,
                cap_mb ? ", cap " : "", cap_mb ? "on" : "");
         if (m->io_note[0]) printf("%s\n", m->io_note);
         printf("prefill  %6d tokens: %8.2f ± %.2f tok/s (chunks of %d)\n", n_prompt, pm, psd,
@@ -415,7 +415,7 @@ int cmd_bench(int argc, char **argv) {
                disk_bytes / 1e6, expert_bytes / 1e6, mem_bytes / 1e6, state_bytes / 1e6);
         printf("measured: disk %.2f GB/s (random O_DIRECT expert records; %.2f before the runs, %.2f after), "
                "memory %.2f GB/s (%d threads; %.2f before, %.2f after)\n",
-               disk_bw / 1e9, disk_bw0 / 1e9, disk_bw1 / 1e9, mem_bw / 1e9, ea.mo.threads ? ea.mo.threads : 1,
+               disk_bw / 1e9, disk_bw0 / 1e9, disk_bw1 / 1e9, mem_bw / 1e9, threads,
                mem_bw0 / 1e9, mem_bw1 / 1e9);
         printf("decode floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
                floor_s > 0 ? 1 / floor_s : 0, 1e3 * t_disk, 1e3 * t_mem, 100 * frac);

@@ -85,7 +85,6 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->eh = zalloc(C * inter, &ok);
     s->eu = zalloc(C * inter, &ok);
     size_t R = state_batch_rows(K, C);
-    s->batch_rows = (int)R;
     s->expert_out = zalloc(R * H, &ok);
     s->expert_w = zalloc(R, &ok);
     s->topk_id = calloc(C * K, sizeof(int));

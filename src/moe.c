@@ -102,15 +102,15 @@ static void gather_rows(state *s, int e, int T, int at) {
 }
 
 /* The next batch of experts (ascending ids, from expert *next on) with their rows: at most K of them, and
- * at most s->batch_rows rows between them (one expert has at most a chunk's rows, which always fit). Its
- * size. */
+ * at most state_batch_rows rows between them (one expert has at most a chunk's rows, which always fit).
+ * Its size. */
 static int next_batch(state *s, int T, int *next) {
-    int E = s->m->cfg.n_experts, K = s->m->top_k, nb = 0;
+    int E = s->m->cfg.n_experts, K = s->m->top_k, nb = 0, R = (int)state_batch_rows((size_t)K, (size_t)s->chunk);
     s->batch_off[0] = 0;
     for (; *next < E && nb < K; ++*next) {
         int n = s->expert_n[*next];
         if (!n) continue;
-        if (s->batch_off[nb] + n > s->batch_rows) break;
+        if (s->batch_off[nb] + n > R) break;
         gather_rows(s, *next, T, s->batch_off[nb]);
         s->batch_ids[nb] = *next;
         s->batch_off[nb + 1] = s->batch_off[nb] + n;

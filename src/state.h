@@ -32,12 +32,11 @@ struct state {
     int *topk_id;           /* [chunk][K] */
     float *sg, *sh;         /* shared expert: [chunk] gate logits, [chunk][H] output */
     float *xe, *eh, *eu;    /* one expert's tokens: [chunk][H] gathered inputs, [chunk][inter] x2 */
-    /* A batch of experts (at most K, and at most batch_rows rows between them): expert b of the batch
-     * has rows [batch_off[b], batch_off[b + 1]) of these */
-    int batch_rows;         /* state_batch_rows(K, chunk) */
-    float *expert_out;      /* [batch_rows][H]: outputs of the batch, summed in ascending expert order */
-    int *expert_rows;       /* [batch_rows]: which row of the chunk each of them is */
-    float *expert_w;        /* [batch_rows]: its routing weight */
+    /* A batch of experts (at most K, and at most R = state_batch_rows(K, chunk) rows between them):
+     * expert b of the batch has rows [batch_off[b], batch_off[b + 1]) of these */
+    float *expert_out;      /* [R][H]: outputs of the batch, summed in ascending expert order */
+    int *expert_rows;       /* [R]: which row of the chunk each of them is */
+    float *expert_w;        /* [R]: its routing weight */
     int *batch_off;         /* [K + 1] */
     int *expert_n;          /* [E]: rows routed to each expert in this chunk */
     int *batch_ids;         /* [K] */
