@@ -4,7 +4,7 @@
  * Built and run by bench/kernels.sh, not by the Makefile. Numbers on a shared machine are noisy.
  *
  *   kernels [-m MB] [-t SECONDS] [-l LEVEL]... [-q]
- * -q: the short table only (Q4/Q8 matvec at 1024 x 4096, 1 and 2 threads; matmat at n = 1, 2, 8, 32). */
+ * -q: the short table only (Q4/Q8 matvec at 1024 x 4096, 1 and 2 threads; matmat at n = 1, 2, 8, 32, 128). */
 #include "kernels.h"
 
 #include <stdio.h>
@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
             for (int l = 0; l < KERNEL_LEVEL_COUNT; l++)
                 if (!strcmp(name, kernel_level_name(l)) && nlevels < KERNEL_LEVEL_COUNT) levels[nlevels++] = l;
         } else {
-            fprintf(stderr, "usage: %s [-m MB] [-t SECONDS] [-l scalar|avx2|avx512]... [-q]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-m MB] [-t SECONDS] [-l scalar|avx2|avx512|amx]... [-q]\n", argv[0]);
             return 2;
         }
     }
@@ -155,11 +155,11 @@ int main(int argc, char **argv) {
     printf("plain read of %zu MB, one thread: %.2f GB/s\n\n", mem_mb, bench_read(mem_mb << 20, 2 * secs));
     if (quick) {
         dtype qt[] = {DTYPE_Q8, DTYPE_Q4, DTYPE_Q2};
-        float *X = malloc(sizeof(float) * 32 * 4096), *Y = malloc(sizeof(float) * 32 * 1024);
-        for (int i = 0; i < 32 * 4096; i++) X[i] = (rnd() % 2001 - 1000) * 1e-3f;
+        float *X = malloc(sizeof(float) * 128 * 4096), *Y = malloc(sizeof(float) * 128 * 1024);
+        for (int i = 0; i < 128 * 4096; i++) X[i] = (rnd() % 2001 - 1000) * 1e-3f;
         printf("matvec 1024x4096 g64, GB/s of weights; matmat one thread, hot: G multiply-adds/s\n");
-        printf("%-5s %-7s %7s %7s %7s %7s | %6s %6s %6s %6s\n", "dtype", "level", "mem 1t", "mem 2t", "hot 1t",
-               "hot 2t", "n=1", "n=2", "n=8", "n=32");
+        printf("%-5s %-7s %7s %7s %7s %7s | %6s %6s %6s %6s %6s\n", "dtype", "level", "mem 1t", "mem 2t", "hot 1t",
+               "hot 2t", "n=1", "n=2", "n=8", "n=32", "n=128");
         for (int ti = 0; ti < 3; ti++) {
             mat_set s = mats_make(qt[ti], 1024, 4096, 64, mem_mb << 20);
             for (int li = 0; li < nlevels; li++) {
@@ -167,11 +167,11 @@ int main(int argc, char **argv) {
                 kernel_level_force(levels[li]);
                 double m1 = bench_matvec(NULL, &s, s.count, x, y, secs), m2 = bench_matvec(p2, &s, s.count, x, y, secs);
                 double h1 = bench_matvec(NULL, &s, 1, x, y, secs), h2 = bench_matvec(p2, &s, 1, x, y, secs);
-                double mm[4];
-                int ns[4] = {1, 2, 8, 32};
-                for (int k = 0; k < 4; k++) mm[k] = bench_matmat(&s.m[0], ns[k], X, Y, secs);
-                printf("%-5s %-7s %7.2f %7.2f %7.2f %7.2f | %6.2f %6.2f %6.2f %6.2f\n", dtype_name(qt[ti]),
-                       kernel_level_name(levels[li]), m1, m2, h1, h2, mm[0], mm[1], mm[2], mm[3]);
+                double mm[5];
+                int ns[5] = {1, 2, 8, 32, 128};
+                for (int k = 0; k < 5; k++) mm[k] = bench_matmat(&s.m[0], ns[k], X, Y, secs);
+                printf("%-5s %-7s %7.2f %7.2f %7.2f %7.2f | %6.2f %6.2f %6.2f %6.2f %6.2f\n", dtype_name(qt[ti]),
+                       kernel_level_name(levels[li]), m1, m2, h1, h2, mm[0], mm[1], mm[2], mm[3], mm[4]);
                 fflush(stdout);
             }
             mats_free(&s);

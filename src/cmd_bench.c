@@ -11,7 +11,8 @@
  * floor / measured time per token.
  *
  * Prefill has its own floor: the larger of its arithmetic (multiply-adds per prompt token, counted from
- * the model's shapes, over the f32 FMA peak of all threads measured in the same run) and the bytes it
+ * the model's shapes, over the multiply-add peak of all threads at the kernel level in use, measured in
+ * the same run: kernel_peak_mac_rate) and the bytes it
  * read from the block device per prompt token over the disk bandwidth. */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -393,6 +394,7 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "cache_hit_rate", hit);
         cJSON_AddNumberToObject(o, "prefill_macs_per_token", pre_macs);
         cJSON_AddNumberToObject(o, "peak_macs_per_s", peak_macs);
+        cJSON_AddStringToObject(o, "peak_kind", kernel_peak_name());
         cJSON_AddNumberToObject(o, "prefill_disk_bytes_per_token", pre_disk_bytes);
         cJSON_AddNumberToObject(o, "floor_prefill_tok_s", pre_floor > 0 ? 1 / pre_floor : 0);
         cJSON_AddNumberToObject(o, "prefill_fraction_of_floor", pre_frac);
@@ -419,9 +421,9 @@ int cmd_bench(int argc, char **argv) {
                mem_bw0 / 1e9, mem_bw1 / 1e9);
         printf("decode floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
                floor_s > 0 ? 1 / floor_s : 0, 1e3 * t_disk, 1e3 * t_mem, 100 * frac);
-        printf("prefill floor: %.2f tok/s (compute %.2f G multiply-adds per token at a measured %.1f G/s f32 FMA "
+        printf("prefill floor: %.2f tok/s (compute %.2f G multiply-adds per token at a measured %.1f G/s %s "
                "peak: %.1f ms; disk %.1f MB per token: %.1f ms); achieved %.0f%% of the floor\n",
-               pre_floor > 0 ? 1 / pre_floor : 0, pre_macs / 1e9, peak_macs / 1e9, 1e3 * tp_cpu, pre_disk_bytes / 1e6,
+               pre_floor > 0 ? 1 / pre_floor : 0, pre_macs / 1e9, peak_macs / 1e9, kernel_peak_name(), 1e3 * tp_cpu, pre_disk_bytes / 1e6,
                1e3 * tp_disk, 100 * pre_frac);
         if (pre_frac > 1 || frac > 1)
             printf("note: above 100%% of a floor: this run read from disk faster than the measured random-record "

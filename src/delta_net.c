@@ -204,7 +204,7 @@ void delta_net_forward(state *s, int layer, const layer_weights *w, const float 
     pool_run(s->m->pool, conv_task, &cj, 2 * c->lin_k_heads + Hv);
     delta_heads job = {s, layer, T, w, s->qkv, s->z, s->beta, s->decay, s->o};
     kernel_level lv = kernel_level_active();
-    pool_run(s->m->pool, lv == KERNEL_AVX512 ? head_task_avx512 : lv == KERNEL_AVX2 ? head_task_avx2 : head_task_generic,
+    pool_run(s->m->pool, lv >= KERNEL_AVX512 ? head_task_avx512 : lv == KERNEL_AVX2 ? head_task_avx2 : head_task_generic,
              &job, Hv);
     state_matmul(s, out, &w->out_proj, s->o, T); /* out_proj */
 }

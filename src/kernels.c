@@ -133,7 +133,7 @@ static struct {
 } dispatch = {PTHREAD_ONCE_INIT, KERNEL_SCALAR};
 
 const char *kernel_level_name(kernel_level l) {
-    static const char *names[KERNEL_LEVEL_COUNT] = {"scalar", "avx2", "avx512"};
+    static const char *names[KERNEL_LEVEL_COUNT] = {"scalar", "avx2", "avx512", "amx"};
     return (unsigned)l < KERNEL_LEVEL_COUNT ? names[l] : "?";
 }
 
@@ -141,6 +141,7 @@ static const kernel_ops *level_ops(kernel_level l) {
     switch (l) {
     case KERNEL_AVX2: return kernel_ops_avx2();
     case KERNEL_AVX512: return kernel_ops_avx512();
+    case KERNEL_AMX: return kernel_ops_amx();
     default: return NULL;
     }
 }
@@ -152,8 +153,10 @@ int kernel_level_available(kernel_level l) {
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     if (l == KERNEL_AVX2) return avx2;
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl");
+    if (l == KERNEL_AVX512) return avx512;
+    return avx512 && kernel_amx_usable();
 #else
     return 0;
 #endif
@@ -169,7 +172,7 @@ static void level_init(void) {
         for (int l = 0; l < KERNEL_LEVEL_COUNT; l++)
             if (!strcmp(env, kernel_level_name((kernel_level)l))) want = l;
         if (want < 0) {
-            fprintf(stderr, "flashmoe: FLASHMOE_KERNELS=%s is not scalar, avx2 or avx512; using %s\n", env,
+            fprintf(stderr, "flashmoe: FLASHMOE_KERNELS=%s is not scalar, avx2, avx512 or amx; using %s\n", env,
                     kernel_level_name((kernel_level)best));
         } else {
             while (!kernel_level_available((kernel_level)want)) want--;
@@ -353,9 +356,11 @@ static void rows_run(const kernel_ops *ops, const qmat *w, const float *X, int n
     }
 }
 
-int kernel_uses_int16_x(const qmat *w) {
+int kernel_uses_int16_x(const qmat *w, int n) {
     const kernel_ops *ops = active_ops(w);
-    return ops && ops->qpack[w->type] > 0;
+    if (!ops) return 0;
+    if (ops->gemm && n >= GEMM_MIN_N) return ops->gemm_rounds_x && ops->gemm_rounds_x(w->type);
+    return ops->qpack[w->type] > 0;
 }
 
 void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1) {
@@ -472,7 +477,8 @@ static void peak_task(void *arg, int t, int n_tasks) {
     peak_job *j = arg;
     double r = 0.0;
 #if defined(__x86_64__)
-    if (kernel_level_active() == KERNEL_AVX512) r = kernel_fma_rate_avx512(j->seconds);
+    if (kernel_level_active() == KERNEL_AMX) r = kernel_amx_int8_rate(j->seconds) / 2;
+    else if (kernel_level_active() == KERNEL_AVX512) r = kernel_fma_rate_avx512(j->seconds);
     else if (kernel_level_active() == KERNEL_AVX2) r = kernel_fma_rate_avx2(j->seconds);
 #endif
     if (r == 0.0) { /* scalar: 8 independent chains */
@@ -490,6 +496,15 @@ static void peak_task(void *arg, int t, int n_tasks) {
         r = (double)iters * 8 / dt;
     }
     if (t < 256) j->rate[t] = r;
+}
+
+const char *kernel_peak_name(void) {
+    switch (kernel_level_active()) {
+    case KERNEL_AMX: return "AMX (int8 tile products / 2)";
+    case KERNEL_AVX512: return "f32 FMA (512-bit)";
+    case KERNEL_AVX2: return "f32 FMA (256-bit)";
+    default: return "f32 scalar";
+    }
 }
 
 double kernel_peak_mac_rate(pool *p, double seconds) {

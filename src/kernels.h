@@ -1,10 +1,10 @@
 /* CPU kernels behind one interface. The layer math calls only these; a CUDA backend provides the
  * same operations on device memory. Every fast variant is tested against the scalar reference.
  *
- * Levels. Each operation has a scalar reference and SIMD versions (AVX2+FMA+F16C, AVX-512 F/BW/VL),
- * picked once at run time from cpuid; the base build stays plain x86-64. FLASHMOE_KERNELS=scalar|
- * avx2|avx512 in the environment forces a level (tests, benchmarks); kernel_level_force does the
- * same from code. All levels compute the same sums in f32; they differ only in summation order, by
+ * Levels. Each operation has a scalar reference and SIMD versions (AVX2+FMA+F16C, AVX-512 F/BW/VL;
+ * amx is the AVX-512 level with prompt-chunk products of Q8/Q4/Q2 weights on AMX tiles), picked once at
+ * run time from cpuid; the base build stays plain x86-64. FLASHMOE_KERNELS=scalar|avx2|avx512|amx in the
+ * environment forces a level (tests, benchmarks); kernel_level_force does the same from code. All levels compute the same sums in f32; they differ only in summation order, by
  * at most ~1e-5 of sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2
  * and AVX-512 levels round x to int16 per group for Q4/Q2 (kernel_uses_int16_x; bound in kernels_impl.h).
  *
@@ -17,7 +17,7 @@
 #include "tensor.h"
 #include "threadpool.h"
 
-typedef enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_AVX512, KERNEL_LEVEL_COUNT } kernel_level;
+typedef enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_AVX512, KERNEL_AMX, KERNEL_LEVEL_COUNT } kernel_level;
 
 const char *kernel_level_name(kernel_level l);
 /* The CPU supports the level and it was compiled in (scalar: always). */
@@ -51,13 +51,17 @@ void kernel_swiglu_gate_up(float *h, const qmat *gate, const qmat *up, const flo
 /* Expert down-projection into the running sum: y[r] += weight * (down[r] . h) for r0 <= r < r1. */
 void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float weight, int r0, int r1);
 
-/* 1 when the active level computes W . x for w with x rounded to int16 per group of w (see
- * kernels_impl.h: adds at most sum_g 0.5 * max_g|x| / 32767 * sum_{c in g} |q_c s_g| to the error), else 0. */
-int kernel_uses_int16_x(const qmat *w);
+/* 1 when the active level computes products of w with n rows of x (kernel_matvec*: n = 1,
+ * kernel_matmat_rows: n) with x rounded to int16 per group of w (see kernels_impl.h: adds at most
+ * sum_g 0.5 * max_g|x| / 32767 * sum_{c in g} |q_c s_g| to the error), else 0. */
+int kernel_uses_int16_x(const qmat *w, int n);
 
-/* The CPU's f32 multiply-add peak, measured: every thread of the pool runs a register-only FMA loop for
- * `seconds` at once; the sum of their rates (multiply-adds per second). Scalar level: a scalar loop. */
+/* The CPU's multiply-add peak for prompt-chunk products at the active level, measured: every thread of
+ * the pool runs a register-only loop for `seconds` at once; the sum of their rates (multiply-adds per
+ * second). f32 FMAs at the vector width (scalar level: a scalar loop); at the amx level, byte products
+ * on tiles halved (each multiply-add at int16 precision is two of them). kernel_peak_name says which. */
 double kernel_peak_mac_rate(pool *p, double seconds);
+const char *kernel_peak_name(void);
 
 /* The scalar reference of kernel_matvec_rows, whatever level is active (tests, tools). */
 void kernel_matvec_rows_ref(float *y, const qmat *w, const float *x, int r0, int r1);

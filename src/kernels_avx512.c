@@ -259,7 +259,7 @@ void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, 
 
 KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_cvtss_f32, 16)
 
-#define OPS_AVX512(NAME, Q4, Q2)                                                                  \
+#define OPS_AVX512(NAME, Q4, Q2, GEMM, ROUNDS)                                                          \
     {.name = NAME,                                                                                \
      .lanes = LANES,                                                                              \
      .pack = {[DTYPE_F32] = 1, [DTYPE_F16] = 1, [DTYPE_BF16] = 1, [DTYPE_Q8] = 1, [DTYPE_Q4] = 8,  \
@@ -268,9 +268,16 @@ KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_
               [DTYPE_Q8] = rows_q8, [DTYPE_Q4] = Q4, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = Q2},      \
      .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8},                                                   \
      .quant_x16 = kernel_quant_x16_avx2,                                                          \
-     .gemm = kernel_gemm_avx512}
-static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2);
-static const kernel_ops ops_avx512_vnni = OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni);
+     .gemm = GEMM,                                                                                \
+     .gemm_rounds_x = ROUNDS}
+static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2, kernel_gemm_avx512, NULL);
+static const kernel_ops ops_avx512_vnni =
+    OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni, kernel_gemm_avx512, NULL);
+/* The amx level: the same row kernels (an AMX CPU has VNNI), prompt chunks on tiles. */
+static const kernel_ops ops_amx = OPS_AVX512("amx", kernel_rows_q4_vnni, kernel_rows_q2_vnni, kernel_gemm_amx,
+                                                kernel_gemm_amx_rounds_x);
+
+const kernel_ops *kernel_ops_amx(void) { return &ops_amx; }
 
 /* Called for every matrix product (kernels.c looks the level's ops up each time): cpuid is read once. */
 const kernel_ops *kernel_ops_avx512(void) {
@@ -287,4 +294,5 @@ const kernel_ops *kernel_ops_avx512(void) {
 #else
 #include "kernels_impl.h"
 const kernel_ops *kernel_ops_avx512(void) { return 0; }
+const kernel_ops *kernel_ops_amx(void) { return 0; }
 #endif

@@ -94,6 +94,8 @@ typedef struct {
     /* Y = X W^T for rows [r0, r1) when n >= GEMM_MIN_N (kernel_matmat_rows' contract): W unpacked once
      * into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
     void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+    /* 1 when gemm rounds x to int16 per group for weights of type t (the amx level: Q8, Q4, Q2); NULL: never. */
+    int (*gemm_rounds_x)(dtype t);
 } kernel_ops;
 
 /* The panel GEMM (kernels_gemm_avx2.c): W is unpacked into f32 panels of GEMM_MR rows x GEMM_KC columns,
@@ -109,6 +111,13 @@ typedef void (*kernel_gemm_tile)(int rows, const float *P, int kc, const float *
 void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt, kernel_gemm_tile tile);
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+/* The AMX GEMM (kernels_amx.c): Q8/Q4/Q2 on tiles, other types through kernel_gemm_avx512. Needs
+ * kernel_amx_usable() (cpuid, and the kernel's permission for the tile state, asked for once). */
+void kernel_gemm_amx(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+int kernel_gemm_amx_rounds_x(dtype t);
+int kernel_amx_usable(void);
+/* Byte multiply-adds per second of this thread's tile unit (register-only TDPBUSD loop). */
+double kernel_amx_int8_rate(double seconds);
 /* Multiply-adds per second this thread's FMA units sustain at a level's vector width, over at least
  * `seconds`: 12 independent chains of FMAs on registers (no memory traffic). The hardware's f32
  * arithmetic peak, against which `flashmoe bench` sets the prefill floor. kernel_fma_rate_avx2 is in
@@ -147,6 +156,7 @@ float kernel_weight(const qmat *w, int r, int c);
 /* NULL when the level was not compiled in (non-x86 build). Callers check the CPU first. */
 const kernel_ops *kernel_ops_avx2(void);
 const kernel_ops *kernel_ops_avx512(void);
+const kernel_ops *kernel_ops_amx(void);
 
 /* Helpers shared by the SIMD files. Values per lane: 32 / bits, except Q3 packs 8 values in 3 bytes. */
 static inline int quant_pack(int bits) { return bits == 3 ? 8 : 32 / bits; }

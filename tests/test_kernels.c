@@ -114,10 +114,10 @@ static void abs_dots(double *out, const qmat *w, const float *x, int r0, int r1)
 }
 
 /* The int16 path's extra bound per row (derivation at the top): sum_g 0.5 1.01 m_g / 32767 sum |q_c s_g|,
- * with |q_c s_g| = |w_c - b_g|; 0 when the active level keeps x in f32 for w. */
-static void int16_bounds(double *out, const qmat *w, const float *x, int r0, int r1) {
+ * with |q_c s_g| = |w_c - b_g|; 0 when the active level keeps x in f32 for w in a product with n rows of x. */
+static void int16_bounds(double *out, const qmat *w, const float *x, int r0, int r1, int n) {
     for (int r = r0; r < r1; r++) out[r] = 0;
-    if (!kernel_uses_int16_x(w)) return;
+    if (!kernel_uses_int16_x(w, n)) return;
     float *row = malloc(sizeof(float) * w->cols);
     for (int r = r0; r < r1; r++) {
         kernel_row_f32(row, w, r);
@@ -242,7 +242,7 @@ static void check_matvec(const qmat *w, const float *x, int r0, int r1, kernel_l
     double *ad = malloc(sizeof(double) * w->rows), *qe = malloc(sizeof(double) * w->rows);
     kernel_matvec_rows_ref(ref, w, x, r0, r1);
     abs_dots(ad, w, x, r0, r1);
-    int16_bounds(qe, w, x, r0, r1);
+    int16_bounds(qe, w, x, r0, r1, 1);
     for (int r = 0; r < w->rows; r++) y[r] = SENTINEL;
     kernel_matvec_rows(y, w, x, r0, r1);
     int bad = 0;
@@ -303,8 +303,8 @@ static void test_matvec_wide(void) {
 }
 
 /* kernel_matmat_rows(Y, w, X, n, r0, r1) against the reference row by row: within the f32 bound (plus the
- * int16 path's, when int16_ok and the level takes that path), and rows outside [r0, r1) untouched. */
-static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, int int16_ok, kernel_level lv) {
+ * int16 path's, when the level takes that path for n rows), and rows outside [r0, r1) untouched. */
+static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, kernel_level lv) {
     int rows = w->rows, cols = w->cols, bad = 0;
     float *Y = malloc(sizeof(float) * n * rows), *ref = malloc(sizeof(float) * rows);
     double *ad = malloc(sizeof(double) * rows), *qe = calloc((size_t)rows, sizeof(double));
@@ -313,7 +313,7 @@ static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, i
     for (int j = 0; j < n; j++) {
         kernel_matvec_rows_ref(ref, w, X + (size_t)j * cols, r0, r1);
         abs_dots(ad, w, X + (size_t)j * cols, r0, r1);
-        if (int16_ok) int16_bounds(qe, w, X + (size_t)j * cols, r0, r1);
+        int16_bounds(qe, w, X + (size_t)j * cols, r0, r1, n);
         for (int r = 0; r < rows; r++) {
             float y = Y[(size_t)j * rows + r];
             int ok = r >= r0 && r < r1 ? within_q(y, ref[r], ad[r], qe[r]) : y == SENTINEL;
@@ -327,7 +327,9 @@ static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, i
 
 /* The panel GEMM's own edges: more rows of X than one pass (96), a last panel narrower than 256 columns,
  * a partial unpacking block (Q2: 128 values per block), a row range not starting on a panel boundary, and
- * the f32 bound even for Q4/Q2 (the GEMM does not round x). */
+ * the f32 bound even for Q4/Q2 where the level's GEMM keeps x in f32 (avx2, avx512; the amx level's
+ * rounds x to int16 for Q8/Q4/Q2 and is held to that path's bound: kernel_uses_int16_x(w, n)). The amx
+ * GEMM's edges are the same kind: passes of 64 rows, blocks of 256 columns, tiles of 16 rows. */
 static void test_matmat_panels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
     int ns[] = {13, 97};
@@ -339,7 +341,7 @@ static void test_matmat_panels(void) {
                 test_mat tm = mat_random(t, 37, cols, 64);
                 float *X = malloc(sizeof(float) * n * cols);
                 vec_random(X, n * cols);
-                check_matmat(&tm.m, X, n, 5, 35, 0, lv); /* rows 5..34 of 37 */
+                check_matmat(&tm.m, X, n, 5, 35, lv); /* rows 5..34 of 37 */
                 free(X);
                 mat_free(&tm);
             }
@@ -362,7 +364,7 @@ static void test_matmat_all_levels(void) {
                 test_mat tm = mat_random(t, rows, cols, group);
                 float *X = malloc(sizeof(float) * n * cols);
                 vec_random(X, n * cols);
-                check_matmat(&tm.m, X, n, ni % 2 ? 3 : 0, rows - (ni % 3), 1, lv);
+                check_matmat(&tm.m, X, n, ni % 2 ? 3 : 0, rows - (ni % 3), lv);
                 free(X);
                 mat_free(&tm);
             }
@@ -391,8 +393,8 @@ static void test_swiglu_all_levels(void) {
                     kernel_matvec_rows_ref(ur, up, x, 0, rows);
                     abs_dots(gd, &g.m, x, 0, rows);
                     abs_dots(ud, up, x, 0, rows);
-                    int16_bounds(gq, &g.m, x, 0, rows);
-                    int16_bounds(uq, up, x, 0, rows);
+                    int16_bounds(gq, &g.m, x, 0, rows, 1);
+                    int16_bounds(uq, up, x, 0, rows, 1);
                     for (int r = 0; r < rows; r++) h[r] = SENTINEL;
                     kernel_swiglu_gate_up(h, &g.m, up, x, 2, rows - 1);
                     int bad = 0;
@@ -433,7 +435,7 @@ static void test_accum_all_levels(void) {
             for (int r = 0; r < rows; r++) y[r] = y0[r] = rng_normal();
             kernel_matvec_rows_ref(ref, &d.m, h, 0, rows);
             abs_dots(ad, &d.m, h, 0, rows);
-            int16_bounds(qe, &d.m, h, 0, rows);
+            int16_bounds(qe, &d.m, h, 0, rows, 1);
             kernel_matvec_accum_rows(y, &d.m, h, weight, 5, rows - 7);
             int bad = 0;
             for (int r = 0; r < rows; r++) {
