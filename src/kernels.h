@@ -42,7 +42,9 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x);
 /* Y[j][r] = sum_c W[r][c] * X[j][c] for j < n, r0 <= r < r1: Y is n x rows and X is n x cols, both
  * row-major (Y = X W^T). At the AVX2 and AVX-512 levels, from a few rows of X on, W is unpacked once
  * per 96 rows of X into f32 panels and multiplied by an FMA micro-kernel (kernels_gemm_avx2.c); below
- * that, each W row is unpacked once per 4 rows of X (16 on the int16 path). Up to ~115 KB of stack. */
+ * that, each W row is unpacked once per 4 rows of X (16 on the int16 path). At the amx level, Q8/Q4/Q2
+ * weights go to AMX tiles instead (kernels_amx.c; x rounded to int16 per group, kernel_uses_int16_x).
+ * Up to ~115 KB of stack. */
 void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 
 /* Expert up-projection, SwiGLU: h[r] = silu(gate[r] . x) * (up[r] . x) for r0 <= r < r1,

@@ -210,9 +210,7 @@ static void pack_x(float *Xp, const float *X, size_t ldx, int j0, int j1, int kb
     }
 }
 
-/* Prefetches the weight bytes of rows rb.. rb + nr - 1, columns [kb, kb + kc): the next panel's, so that
- * unpacking does not wait for memory (its rows are a stride apart, which the hardware prefetchers miss). */
-static void prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc) {
+void kernel_prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc) {
     size_t row_bytes = (size_t)w->cols * dtype_bits(w->type) / 8, start = (size_t)kb * dtype_bits(w->type) / 8;
     size_t len = (size_t)kc * dtype_bits(w->type) / 8;
     for (int i = 0; i < nr; i++) {
@@ -224,6 +222,14 @@ static void prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc) {
             _mm_prefetch((const char *)(w->biases + g), _MM_HINT_T0);
         }
     }
+}
+
+void kernel_prefetch_panel_ahead(const qmat *w, int rb, int r0, int r1, int kb, int kcb) {
+    /* the panel after next: one panel's work is shorter than a miss to memory */
+    int pb = rb + PREFETCH_PANELS * GEMM_MR, pk = kb;
+    if (pb >= r1) pb = r0 + (pb - r1), pk = kb + kcb;
+    if (pb < r1 && pk < w->cols)
+        kernel_prefetch_panel(w, pb, r1 - pb < GEMM_MR ? r1 - pb : GEMM_MR, pk, w->cols - pk < kcb ? w->cols - pk : kcb);
 }
 
 /* The AVX2 tile: micro() for the tile's rows (<= GEMM_NR). */
@@ -253,12 +259,7 @@ void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int
             pack_x(Xp, X, ldx, jb, je, kb, kc, nrt);
             for (int rb = r0; rb < r1; rb += GEMM_MR) {
                 int nr = r1 - rb < GEMM_MR ? r1 - rb : GEMM_MR;
-                /* the panel after next: one panel's work is shorter than a miss to memory */
-                int pb = rb + PREFETCH_PANELS * GEMM_MR, pk = kb;
-                if (pb >= r1) pb = r0 + (pb - r1), pk = kb + GEMM_KC;
-                if (pb < r1 && pk < w->cols)
-                    prefetch_panel(w, pb, r1 - pb < GEMM_MR ? r1 - pb : GEMM_MR, pk,
-                                   w->cols - pk < GEMM_KC ? w->cols - pk : GEMM_KC);
+                kernel_prefetch_panel_ahead(w, rb, r0, r1, kb, GEMM_KC);
                 panel_fill(P, w, rb, nr, kb, kc);
                 for (int j = jb; j < je; j += nrt)
                     tile(je - j < nrt ? je - j : nrt, P, kc, Xp + (size_t)(j - jb) / nrt * kc * nrt,

@@ -107,6 +107,13 @@ typedef struct {
  * (X packed `rows` values per k), Y rows ldy apart. */
 typedef void (*kernel_gemm_tile)(int rows, const float *P, int kc, const float *X, float *Y, size_t ldy, int nr,
                                  int first);
+/* Prefetches the weight bytes of rows rb.. rb + nr - 1, columns [kb, kb + kc), with their scales and
+ * biases: a later panel's, so that unpacking does not wait for memory (its rows are a stride apart,
+ * which the hardware prefetchers miss). */
+void kernel_prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc);
+/* The panel after next (rows rb + 2 GEMM_MR, or the next column block's first rows) for a driver that
+ * walks rows [r0, r1) in panels of GEMM_MR within column blocks of kcb: prefetched if it exists. */
+void kernel_prefetch_panel_ahead(const qmat *w, int rb, int r0, int r1, int kb, int kcb);
 /* Y = X W^T for W rows [r0, r1), with tiles of nrt X rows. */
 void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt, kernel_gemm_tile tile);
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
