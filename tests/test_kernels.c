@@ -325,17 +325,17 @@ static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, k
     free(Y); free(ref); free(ad); free(qe);
 }
 
-/* The panel GEMM's own edges: more rows of X than one pass (96), a last panel narrower than 256 columns,
+/* The panel GEMM's own edges: more rows of X than one pass (96; the amx GEMM's: 128), a last panel narrower than 256 columns,
  * a partial unpacking block (Q2: 128 values per block), a row range not starting on a panel boundary, and
  * the f32 bound even for Q4/Q2 where the level's GEMM keeps x in f32 (avx2, avx512; the amx level's
  * rounds x to int16 for Q8/Q4/Q2 and is held to that path's bound: kernel_uses_int16_x(w, n)). The amx
- * GEMM's edges are the same kind: passes of 64 rows, blocks of 256 columns, tiles of 16 rows. */
+ * GEMM's edges are the same kind: passes of 128 rows, blocks of 256 columns, tiles of 16 rows. */
 static void test_matmat_panels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
-    int ns[] = {13, 97};
+    int ns[] = {13, 97, 133}; /* 133: more than one pass of the amx GEMM (128 rows) */
     FOR_EACH_LEVEL(lv) {
         for (int ti = 0; ti < 7; ti++)
-            for (int ni = 0; ni < 2; ni++) {
+            for (int ni = 0; ni < 3; ni++) {
                 dtype t = types[ti];
                 int n = ns[ni], cols = dtype_is_quant(t) ? 320 : 263;
                 test_mat tm = mat_random(t, 37, cols, 64);
