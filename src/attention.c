@@ -1,5 +1,6 @@
 /* Gated attention (every full-attention layer): the projections for a chunk of positions at once, then
- * each query head against the KV cache, heads in parallel. */
+ * the query heads of each kv head together against the KV cache, in parallel over kv heads and positions
+ * (or query heads, for a single position). */
 #include <math.h>
 
 #include "state.h"
@@ -85,47 +86,80 @@ AI void pv_accumulate(float *o, const float *v, size_t vs, const float *w, int n
     }
 }
 
+/* Keys (or values) per block: 16 KB at head_dim 256, kept in L1 while every query head of the kv group
+ * uses them, so the cache is read from memory once per kv head instead of once per query head. */
+#define KEY_BLOCK 16
+
+/* The work is split into units of (kv head, a subset of its query heads, every ntb-th position from
+ * tb): a prompt chunk splits by positions (interleaved, so the causal lengths balance), a single
+ * position by query heads. */
 typedef struct {
     state *s;
-    int layer, T, tasks;
+    int layer, T, tasks, units, nsub, ntb;
     const layer_weights *w;
     const float *inv_freq; /* RoPE frequencies (rope_freqs) */
 } attn_job;
 
-/* Task i: query heads i, i + tasks, ... for all T positions: q norm and RoPE, causal softmax(q k^T /
- * sqrt(hd)) v over positions 0..pos with the head's kv group, times sigmoid(gate). Scores in row i of
- * s->scores. */
-AI void attn_heads(const attn_job *j, int task) {
+/* Query heads [h0, h1) of kv head kvh, positions tb, tb + ntb, ... < T: q norm and RoPE, causal
+ * softmax(q k^T / sqrt(hd)) v over positions 0..pos, times sigmoid(gate). Each score and each output
+ * sum is formed in the same order as one head at a time, so the results are the same bits; only the
+ * loop over heads moved inside the loop over key blocks. Scratch: the task's rows of s->q, s->scores. */
+AI void attn_unit(const attn_job *j, int task, int kvh, int h0, int h1, int tb) {
     state *s = j->s;
     const model_config *c = &s->m->cfg;
-    int nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
-    int kv_dim = nkv * hd, group = nh / nkv, qg_dim = nh * hd * 2;
-    const float *k_cache = s->k_cache[j->layer], *v_cache = s->v_cache[j->layer];
-    float *scores = s->scores + (size_t)task * s->max_ctx, scale = 1.0f / sqrtf((float)hd);
-    for (int h = task; h < nh; h += j->tasks) {
-        int kvh = h / group;
-        for (int t = 0; t < j->T; t++) {
-            int pos = s->pos + t;
-            const float *qg = s->qg + (size_t)t * qg_dim;
-            float *q = s->q + (size_t)h * hd;
+    int nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim, group = nh / nkv;
+    size_t kv_dim = (size_t)nkv * hd, qg_dim = (size_t)nh * hd * 2, ctx = (size_t)s->max_ctx;
+    const float *k_cache = s->k_cache[j->layer] + (size_t)kvh * hd, *v_cache = s->v_cache[j->layer] + (size_t)kvh * hd;
+    float *qs = s->q + (size_t)task * group * hd, *scores = s->scores + (size_t)task * group * ctx;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int t = tb; t < j->T; t += j->ntb) {
+        int pos = s->pos + t, n = pos + 1;
+        const float *qg = s->qg + (size_t)t * qg_dim;
+        for (int h = h0; h < h1; h++) {
+            float *q = qs + (size_t)(h - h0) * hd;
             rmsnorm(q, qg + (size_t)h * 2 * hd, j->w->q_norm, hd, c->norm_eps);
             rope(q, c->rope_dim, pos, j->inv_freq);
-            qk_scores(q, k_cache + (size_t)kvh * hd, (size_t)kv_dim, pos + 1, hd, scale, scores);
-            float maxs = -INFINITY;
-            for (int p = 0; p <= pos; p++) maxs = scores[p] > maxs ? scores[p] : maxs;
-            float sum = 0.0f;
-            for (int p = 0; p <= pos; p++) {
-                scores[p] = expf(scores[p] - maxs);
-                sum += scores[p];
+        }
+        for (int p0 = 0; p0 < n; p0 += KEY_BLOCK) {
+            int nb = n - p0 < KEY_BLOCK ? n - p0 : KEY_BLOCK;
+            for (int h = h0; h < h1; h++)
+                qk_scores(qs + (size_t)(h - h0) * hd, k_cache + (size_t)p0 * kv_dim, kv_dim, nb, hd, scale,
+                          scores + (size_t)(h - h0) * ctx + p0);
+        }
+        for (int h = h0; h < h1; h++) {
+            float *sc = scores + (size_t)(h - h0) * ctx, maxs = -INFINITY, sum = 0.0f;
+            for (int p = 0; p < n; p++) maxs = sc[p] > maxs ? sc[p] : maxs;
+            for (int p = 0; p < n; p++) {
+                sc[p] = expf(sc[p] - maxs);
+                sum += sc[p];
             }
-            for (int p = 0; p <= pos; p++) scores[p] /= sum; /* the weights, as pr = scores / sum before */
+            for (int p = 0; p < n; p++) sc[p] /= sum; /* the weights, as pr = scores / sum before */
             float *o = s->att + (size_t)t * nh * hd + (size_t)h * hd;
             for (int i = 0; i < hd; i++) o[i] = 0.0f;
-            pv_accumulate(o, v_cache + (size_t)kvh * hd, (size_t)kv_dim, scores, pos + 1, hd);
-            /* attn * sigmoid(gate) */
+        }
+        float *att = s->att + (size_t)t * nh * hd;
+        for (int p0 = 0; p0 < n; p0 += KEY_BLOCK) {
+            int nb = n - p0 < KEY_BLOCK ? n - p0 : KEY_BLOCK;
+            for (int h = h0; h < h1; h++)
+                pv_accumulate(att + (size_t)h * hd, v_cache + (size_t)p0 * kv_dim, kv_dim,
+                              scores + (size_t)(h - h0) * ctx + p0, nb, hd);
+        }
+        for (int h = h0; h < h1; h++) { /* attn * sigmoid(gate) */
+            float *o = att + (size_t)h * hd;
             const float *gate = qg + (size_t)h * 2 * hd + hd;
             for (int i = 0; i < hd; i++) o[i] *= sigmoid(gate[i]);
         }
+    }
+}
+
+/* Task i: units i, i + tasks, ... */
+AI void attn_heads(const attn_job *j, int task) {
+    const model_config *c = &j->s->m->cfg;
+    int nkv = c->n_kv_heads, group = c->n_heads / nkv, hs = (group + j->nsub - 1) / j->nsub;
+    for (int u = task; u < j->units; u += j->tasks) {
+        int kvh = u % nkv, sub = u / nkv % j->nsub, tb = u / nkv / j->nsub;
+        int h0 = kvh * group + sub * hs, h1 = h0 + hs < (kvh + 1) * group ? h0 + hs : (kvh + 1) * group;
+        if (h0 < h1) attn_unit(j, task, kvh, h0, h1, tb);
     }
 }
 
@@ -159,10 +193,15 @@ void attention_forward(state *s, int layer, const layer_weights *w, const float 
             rmsnorm(k, k, w->k_norm, hd, c->norm_eps);
             rope(k, c->rope_dim, s->pos + t, inv_freq);
         }
-    /* the query heads in parallel, one task per thread */
-    int tasks = pool_size(s->m->pool);
-    if (tasks > c->n_heads) tasks = c->n_heads;
-    attn_job j = {s, layer, T, tasks, w, inv_freq};
-    pool_run(s->m->pool, kernel_level_active() >= KERNEL_AVX2 ? attn_task_avx2 : attn_task_generic, &j, tasks);
+    /* units in parallel, at most one task per thread (each thread's scratch is its task's) */
+    int threads = pool_size(s->m->pool), group = c->n_heads / nkv, nsub = 1, ntb = 1;
+    if (nkv < threads) {
+        int need = (threads + nkv - 1) / nkv;
+        if (T >= 2 * need) ntb = need;
+        else nsub = need < group ? need : group;
+    }
+    int units = nkv * nsub * ntb;
+    attn_job j = {s, layer, T, units < threads ? units : threads, units, nsub, ntb, w, inv_freq};
+    pool_run(s->m->pool, kernel_level_active() >= KERNEL_AVX2 ? attn_task_avx2 : attn_task_generic, &j, j.tasks);
     state_matmul(s, out, &w->o_proj, s->att, T); /* o_proj */
 }

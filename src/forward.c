@@ -31,7 +31,8 @@ size_t state_bytes(const model_config *c, int top_k, int chunk, int threads, int
     size_t inter = (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
     size_t C = (size_t)(chunk > 0 ? chunk : 1), K = (size_t)top_k, heads = (size_t)c->n_heads * c->head_dim;
     size_t R = state_batch_rows(K, C);
-    floats += C * H * 5 + C * heads * 3 + heads + (size_t)max_ctx * (size_t)(threads > 1 ? threads : 1) +
+    size_t P = (size_t)(threads > 1 ? threads : 1), group = (size_t)(c->n_heads / c->n_kv_heads);
+    floats += C * H * 5 + C * heads * 3 + P * group * (size_t)c->head_dim + (size_t)max_ctx * P * group +
               C * (conv_dim + 2 * value_dim + 2 * (size_t)c->lin_v_heads + (size_t)c->n_experts + K + 1 + 2 * inter) +
               R * H + R;
     ints = C * K + R + (K + 1) + (size_t)c->n_experts + K;
@@ -69,9 +70,10 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->xn = zalloc(C * H, &ok);
     s->mix = zalloc(C * H, &ok);
     s->qg = zalloc(C * c->n_heads * c->head_dim * 2, &ok);
-    s->q = zalloc((size_t)c->n_heads * c->head_dim, &ok);
+    size_t P = (size_t)pool_size(m->pool), group = (size_t)(c->n_heads / c->n_kv_heads);
+    s->q = zalloc(P * group * c->head_dim, &ok);            /* a kv group's queries per thread */
     s->att = zalloc(C * c->n_heads * c->head_dim, &ok);
-    s->scores = zalloc((size_t)max_ctx * pool_size(m->pool), &ok); /* one row per thread */
+    s->scores = zalloc((size_t)max_ctx * P * group, &ok); /* a kv group's score rows per thread */
     s->qkv = zalloc(C * conv_dim, &ok);
     s->z = zalloc(C * value_dim, &ok);
     s->beta = zalloc(C * c->lin_v_heads, &ok);

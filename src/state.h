@@ -25,8 +25,8 @@ struct state {
      * sized once: row-major [chunk][...] */
     int chunk;
     float *x, *xn, *mix;    /* [chunk][H]: residual stream, normed input, mixer / MoE output */
-    float *qg, *q, *att;    /* [chunk][heads * head_dim * 2], [heads * head_dim], [chunk][heads * head_dim] */
-    float *scores;          /* [threads][max_ctx] */
+    float *qg, *q, *att;    /* [chunk][heads * head_dim * 2], [threads][group * head_dim], [chunk][heads * head_dim] */
+    float *scores;          /* [threads][group][max_ctx] (group: query heads per kv head) */
     float *qkv, *z, *beta, *decay, *o; /* [chunk][conv_dim], [chunk][value_dim], [chunk][Hv] x2, [chunk][value_dim] */
     float *router, *topk_w; /* [chunk][E], [chunk][K] */
     int *topk_id;           /* [chunk][K] */
