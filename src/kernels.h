@@ -4,9 +4,11 @@
  * Levels. Each operation has a scalar reference and SIMD versions (AVX2+FMA+F16C, AVX-512 F/BW/VL;
  * amx is the AVX-512 level with prompt-chunk products of Q8/Q4/Q2 weights on AMX tiles), picked once at
  * run time from cpuid; the base build stays plain x86-64. FLASHMOE_KERNELS=scalar|avx2|avx512|amx in the
- * environment forces a level (tests, benchmarks); kernel_level_force does the same from code. All levels compute the same sums in f32; they differ only in summation order, by
- * at most ~1e-5 of sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2
- * and AVX-512 levels round x to int16 per group for Q4/Q2 (kernel_uses_int16_x; bound in kernels_impl.h).
+ * environment forces a level (tests, benchmarks); kernel_level_force does the same from code. All
+ * levels compute the same sums in f32; they differ only in summation order, by at most ~1e-5 of
+ * sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2, AVX-512 and amx
+ * levels round x to int16 per group for Q4/Q2 rows, and the amx level for Q8/Q4/Q2 prompt chunks too
+ * (kernel_uses_int16_x; bound in kernels_impl.h).
  *
  * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
  * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.
