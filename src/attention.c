@@ -188,12 +188,9 @@ AI void attn_unit(const attn_job *j, int task, int kvh, int h0, int h1, int tb, 
             }
         }
         for (int h = h0; h < h1; h++) {
-            float *sc = scores + (size_t)(h - h0) * ctx, maxs = -INFINITY, sum = 0.0f;
+            float *sc = scores + (size_t)(h - h0) * ctx, maxs = -INFINITY;
             for (int p = 0; p < n; p++) maxs = sc[p] > maxs ? sc[p] : maxs;
-            for (int p = 0; p < n; p++) {
-                sc[p] = expf(sc[p] - maxs);
-                sum += sc[p];
-            }
+            float sum = kernel_exp_sum(sc, n, maxs);
             for (int p = 0; p < n; p++) sc[p] /= sum; /* the weights, as pr = scores / sum before */
             float *o = s->att + (size_t)t * nh * hd + (size_t)h * hd;
             for (int i = 0; i < hd; i++) o[i] = 0.0f;

@@ -356,6 +356,24 @@ static void rows_run(const kernel_ops *ops, const qmat *w, const float *X, int n
     }
 }
 
+void kernel_silu_mul(float *h, const float *u, size_t n) {
+    const kernel_ops *ops = level_ops(kernel_level_active());
+    if (ops && ops->silu_mul) ops->silu_mul(h, u, n);
+    else
+        for (size_t i = 0; i < n; i++) h[i] = silu(h[i]) * u[i];
+}
+
+float kernel_exp_sum(float *x, int n, float sub) {
+    const kernel_ops *ops = level_ops(kernel_level_active());
+    if (ops && ops->exp_sum) return ops->exp_sum(x, n, sub);
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - sub);
+        sum += x[i];
+    }
+    return sum;
+}
+
 int kernel_uses_int16_x(const qmat *w, int n) {
     const kernel_ops *ops = active_ops(w);
     if (!ops) return 0;

@@ -5,6 +5,8 @@
 #pragma GCC target("avx2,fma,f16c")
 #include <immintrin.h>
 
+#include <string.h>
+
 #include "kernels_impl.h"
 
 #define AI static inline __attribute__((always_inline))
@@ -318,6 +320,71 @@ void kernel_quant_x16_avx2(const float *x, int n, int group, int qp, int16_t *xq
     }
 }
 
+/* ---- exp: SwiGLU and softmax ------------------------------------------------------------------- */
+
+/* e^x, 8 lanes: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, so r is exact to a few ulp), e^r by
+ * the minimax polynomial of Cephes' expf (relative error about 1e-7), times 2^n built in the exponent
+ * field. x is clamped to 88.37 (e^x stays finite); below -87.33 the result is 0 (expf gives subnormals
+ * there). NaN stays NaN. */
+static inline __m256 exp256(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.33f);
+    x = _mm256_min_ps(_mm256_set1_ps(88.37f), x); /* min/max return their second operand for a NaN */
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(lo, x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+void kernel_silu_mul_avx2(float *h, const float *u, size_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(h + i);
+        __m256 sg = _mm256_div_ps(g, _mm256_add_ps(one, exp256(_mm256_xor_ps(g, neg))));
+        _mm256_storeu_ps(h + i, _mm256_mul_ps(sg, _mm256_loadu_ps(u + i)));
+    }
+    if (i < n) { /* the tail through a padded block, so that it gets the same exp */
+        float g[8] = {0}, uu[8] = {0};
+        memcpy(g, h + i, sizeof(float) * (n - i));
+        memcpy(uu, u + i, sizeof(float) * (n - i));
+        kernel_silu_mul_avx2(g, uu, 8);
+        memcpy(h + i, g, sizeof(float) * (n - i));
+    }
+}
+
+float kernel_exp_sum_avx2(float *x, int n, float sub) {
+    const __m256 vs = _mm256_set1_ps(sub);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    if (i < n) {
+        __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256 m = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n - i), idx));
+        __m256 e = _mm256_and_ps(m, exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, _mm256_castps_si256(m)), vs)));
+        _mm256_maskstore_ps(x + i, _mm256_castps_si256(m), e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
 /* ---- instantiation: one function per dtype, switching on nb so each body is unrolled for it --- */
 
 #define CALL_BY_NB(fn, ...)                                                                       \
@@ -365,6 +432,8 @@ static const kernel_ops ops_avx2 = {
     .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8}, /* Q8: f32 path (see rows_q8) */
     .quant_x16 = kernel_quant_x16_avx2,
     .gemm = kernel_gemm_avx2,
+    .silu_mul = kernel_silu_mul_avx2,
+    .exp_sum = kernel_exp_sum_avx2,
 };
 
 const kernel_ops *kernel_ops_avx2(void) { return &ops_avx2; }

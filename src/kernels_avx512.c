@@ -269,7 +269,9 @@ KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_
      .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8},                                                   \
      .quant_x16 = kernel_quant_x16_avx2,                                                          \
      .gemm = GEMM,                                                                                \
-     .gemm_rounds_x = ROUNDS}
+     .gemm_rounds_x = ROUNDS,                                                                     \
+     .silu_mul = kernel_silu_mul_avx2,                                                            \
+     .exp_sum = kernel_exp_sum_avx2}
 static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2, kernel_gemm_avx512, NULL);
 static const kernel_ops ops_avx512_vnni =
     OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni, kernel_gemm_avx512, NULL);

@@ -25,6 +25,19 @@ static void gate_up_task(void *ctx, int task, int n_tasks) {
     if (r0 < r1) kernel_swiglu_gate_up(j->h, j->gate, j->up, j->x, r0, r1);
 }
 
+typedef struct {
+    float *h;
+    const float *u;
+    size_t n, per;
+} silu_job;
+
+static void silu_task(void *ctx, int task, int n_tasks) {
+    (void)n_tasks;
+    const silu_job *j = ctx;
+    size_t a = (size_t)task * j->per, b = a + j->per < j->n ? a + j->per : j->n;
+    if (a < b) kernel_silu_mul(j->h + a, j->u + a, b - a);
+}
+
 /* Y = down(silu(gate X) * up X) over n rows */
 static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *X, int n, float *Y) {
     int inter = gate->rows;
@@ -37,7 +50,10 @@ static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *d
     }
     state_matmul(s, s->eh, gate, X, n);
     state_matmul(s, s->eu, up, X, n);
-    for (size_t i = 0; i < (size_t)n * inter; i++) s->eh[i] = silu(s->eh[i]) * s->eu[i];
+    int threads = pool_size(s->m->pool); /* silu(gate) * up, elementwise: split across the threads */
+    size_t total = (size_t)n * inter, per = (total + (size_t)threads - 1) / (size_t)threads;
+    silu_job sj = {s->eh, s->eu, total, (per + 7) / 8 * 8};
+    pool_run(s->m->pool, silu_task, &sj, (int)((total + sj.per - 1) / sj.per));
     state_matmul(s, Y, down, s->eh, n);
 }
 

@@ -453,6 +453,45 @@ static void test_accum_all_levels(void) {
     }
 }
 
+/* kernel_exp_sum and kernel_silu_mul at every level against expf: every value within 2.5e-7 relative (2 ulp;
+ * the vector exp's polynomial is good to about 1e-7, its range reduction to a few ulp of r) or, below
+ * e^-87.33 where the vector exp gives 0 instead of subnormals, 1.2e-38 absolute; the f32 sum within 1e-5
+ * relative of the double one (a thousand f32 additions; a dropped tail or lane is off by far more). silu adds a division and the product with u: 4e-7 relative, and
+ * 1e-35 absolute for g < -88.37, where exp(-g) is clamped (expf overflows and silu is -0). 1003 values: a
+ * tail that is not a whole vector. */
+static void test_exp_all_levels(void) {
+    enum { N = 1003 };
+    static float x[N], e[N], g[N], u[N], h[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = i < 600 ? -98.0f + 120.0f * (float)i / 599.0f : 40.0f * rng_normal(); /* x - 2 up to 20 */
+        if (x[i] > 22.0f) x[i] = 22.0f;
+        g[i] = i < 500 ? -92.0f + 184.0f * (float)i / 499.0f : 6.0f * rng_normal();
+        u[i] = rng_normal();
+    }
+    FOR_EACH_LEVEL(lv) {
+        memcpy(e, x, sizeof x);
+        float sum = kernel_exp_sum(e, N, 2.0f);
+        double ref_sum = 0;
+        int bad = 0;
+        for (int i = 0; i < N; i++) {
+            double r = expf(x[i] - 2.0f);
+            ref_sum += r;
+            int ok = fabs(e[i] - r) <= 2.5e-7 * r + 1.2e-38;
+            if (!ok && bad++ < 3) CHECK(ok, "%s: exp(%.9g) = %.9g, expf %.9g", kernel_level_name(lv), x[i] - 2.0f, e[i], r);
+        }
+        CHECK(fabs(sum - ref_sum) <= 1e-5 * ref_sum, "%s: sum %.9g, want %.9g", kernel_level_name(lv), sum, ref_sum);
+        memcpy(h, g, sizeof g);
+        kernel_silu_mul(h, u, N);
+        bad = 0;
+        for (int i = 0; i < N; i++) {
+            double r = g[i] / (1.0f + expf(-g[i])) * u[i];
+            int ok = fabs(h[i] - r) <= 4e-7 * fabs(r) + 1e-35;
+            if (!ok && bad++ < 3)
+                CHECK(ok, "%s: silu(%.9g) * %.9g = %.9g, want %.9g", kernel_level_name(lv), g[i], u[i], h[i], r);
+        }
+    }
+}
+
 /* kernel_matvec_mt only splits rows: identical to kernel_matvec at the same level. */
 static void test_matvec_mt_all_levels(void) {
     pool *p = pool_create(3);
@@ -503,6 +542,7 @@ int main(void) {
     RUN_TEST(test_swiglu_all_levels);
     RUN_TEST(test_accum_all_levels);
     RUN_TEST(test_matvec_mt_all_levels);
+    RUN_TEST(test_exp_all_levels);
     RUN_TEST(test_unsupported_group_falls_back);
     printf("# levels tested: %d; largest |y - ref| / sum|w x| in matvec/matmat: %.3g (bound %g); int16 path: "
            "largest |y - ref| / (its bound) %.3g\n", level_count_tested, worst_ratio, REL_TOL, worst_q);
