@@ -51,8 +51,9 @@ static void conv_channels(conv_job *j, int c0, int c1) {
                 int u = t - hist + h;
                 acc += wk[h] * (u >= 0 ? x[(size_t)u * conv_dim + ch] : st[(size_t)(u + hist) * conv_dim + ch]);
             }
-            x[(size_t)t * conv_dim + ch] = silu(acc);
+            x[(size_t)t * conv_dim + ch] = acc;
         }
+        kernel_silu_mul(x + (size_t)t * conv_dim + c0, x + (size_t)t * conv_dim + c0, NULL, (size_t)(c1 - c0));
     }
     for (int h = 0; h < hist; h++)
         for (int ch = c0; ch < c1; ch++) st[(size_t)h * conv_dim + ch] = keep[h][ch - c0];
@@ -169,7 +170,7 @@ AI void head_positions(const delta_heads *j, int h, const int W16) {
         /* gated norm: w * rmsnorm(o) * silu(z), plain weight */
         const float *zh = j->z + (size_t)t * value_dim + (size_t)h * dv;
         rmsnorm(oh, oh, j->w->gdn_norm, dv, c->norm_eps);
-        for (int jj = 0; jj < dv; jj++) oh[jj] *= silu(zh[jj]);
+        kernel_silu_mul(oh, zh, oh, (size_t)dv);
     }
 }
 

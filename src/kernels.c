@@ -356,11 +356,13 @@ static void rows_run(const kernel_ops *ops, const qmat *w, const float *X, int n
     }
 }
 
-void kernel_silu_mul(float *h, const float *u, size_t n) {
+void kernel_silu_mul(float *out, const float *g, const float *u, size_t n) {
     const kernel_ops *ops = level_ops(kernel_level_active());
-    if (ops && ops->silu_mul) ops->silu_mul(h, u, n);
+    if (ops && ops->silu_mul) ops->silu_mul(out, g, u, n);
+    else if (u)
+        for (size_t i = 0; i < n; i++) out[i] = silu(g[i]) * u[i];
     else
-        for (size_t i = 0; i < n; i++) h[i] = silu(h[i]) * u[i];
+        for (size_t i = 0; i < n; i++) out[i] = silu(g[i]);
 }
 
 float kernel_exp_sum(float *x, int n, float sub) {

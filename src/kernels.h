@@ -55,10 +55,10 @@ void kernel_swiglu_gate_up(float *h, const qmat *gate, const qmat *up, const flo
 /* Expert down-projection into the running sum: y[r] += weight * (down[r] . h) for r0 <= r < r1. */
 void kernel_matvec_accum_rows(float *y, const qmat *down, const float *h, float weight, int r0, int r1);
 
-/* h[i] = silu(h[i]) * u[i] for i < n, silu(g) = g / (1 + exp(-g)) (the SwiGLU product of prompt chunks).
- * At the avx2 level and above exp is a vector polynomial within 2 ulp of expf (tests/test_kernels.c);
- * below -87.3 it gives 0 instead of expf's subnormals. */
-void kernel_silu_mul(float *h, const float *u, size_t n);
+/* out[i] = silu(g[i]) * u[i] for i < n (u NULL: silu(g[i])), silu(g) = g / (1 + exp(-g)); out may be g
+ * or u. At the avx2 level and above exp is a vector polynomial within 2 ulp of expf
+ * (tests/test_kernels.c); below -87.3 it gives 0 instead of expf's subnormals. */
+void kernel_silu_mul(float *out, const float *g, const float *u, size_t n);
 /* x[i] = exp(x[i] - sub) for i < n, and their sum (softmax numerators), with kernel_silu_mul's exp. The
  * scalar level sums left to right; the others in vector lanes. */
 float kernel_exp_sum(float *x, int n, float sub);

@@ -346,20 +346,20 @@ static inline __m256 exp256(__m256 x) {
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-void kernel_silu_mul_avx2(float *h, const float *u, size_t n) {
+void kernel_silu_mul_avx2(float *out, const float *g, const float *u, size_t n) {
     const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 g = _mm256_loadu_ps(h + i);
-        __m256 sg = _mm256_div_ps(g, _mm256_add_ps(one, exp256(_mm256_xor_ps(g, neg))));
-        _mm256_storeu_ps(h + i, _mm256_mul_ps(sg, _mm256_loadu_ps(u + i)));
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, exp256(_mm256_xor_ps(x, neg))));
+        _mm256_storeu_ps(out + i, u ? _mm256_mul_ps(s, _mm256_loadu_ps(u + i)) : s);
     }
     if (i < n) { /* the tail through a padded block, so that it gets the same exp */
-        float g[8] = {0}, uu[8] = {0};
-        memcpy(g, h + i, sizeof(float) * (n - i));
-        memcpy(uu, u + i, sizeof(float) * (n - i));
-        kernel_silu_mul_avx2(g, uu, 8);
-        memcpy(h + i, g, sizeof(float) * (n - i));
+        float gg[8] = {0}, uu[8] = {0};
+        memcpy(gg, g + i, sizeof(float) * (n - i));
+        if (u) memcpy(uu, u + i, sizeof(float) * (n - i));
+        kernel_silu_mul_avx2(gg, gg, u ? uu : NULL, 8);
+        memcpy(out + i, gg, sizeof(float) * (n - i));
     }
 }
 

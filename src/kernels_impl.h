@@ -97,7 +97,7 @@ typedef struct {
     /* 1 when gemm rounds x to int16 per group for weights of type t (the amx level: Q8, Q4, Q2); NULL: never. */
     int (*gemm_rounds_x)(dtype t);
     /* kernel_silu_mul and kernel_exp_sum; NULL: the scalar reference. */
-    void (*silu_mul)(float *h, const float *u, size_t n);
+    void (*silu_mul)(float *out, const float *g, const float *u, size_t n);
     float (*exp_sum)(float *x, int n, float sub);
 } kernel_ops;
 
@@ -161,7 +161,7 @@ void kernel_rows_q4_vnni(const qmat *w, int r0, int r1, int c0, int c1, const ke
 void kernel_rows_q2_vnni(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out);
 void kernel_quant_x16_avx2(const float *x, int n, int group, int qp, int16_t *xq, float *xd);
 /* kernel_silu_mul and kernel_exp_sum with a 256-bit exp (kernels_avx2.c), for every SIMD level. */
-void kernel_silu_mul_avx2(float *h, const float *u, size_t n);
+void kernel_silu_mul_avx2(float *out, const float *g, const float *u, size_t n);
 float kernel_exp_sum_avx2(float *x, int n, float sub);
 /* Value c of row r of w as f32 (the scalar reference's unpacking). */
 float kernel_weight(const qmat *w, int r, int c);

@@ -35,7 +35,7 @@ static void silu_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     const silu_job *j = ctx;
     size_t a = (size_t)task * j->per, b = a + j->per < j->n ? a + j->per : j->n;
-    if (a < b) kernel_silu_mul(j->h + a, j->u + a, b - a);
+    if (a < b) kernel_silu_mul(j->h + a, j->h + a, j->u + a, b - a);
 }
 
 /* Y = down(silu(gate X) * up X) over n rows */
