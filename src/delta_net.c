@@ -31,39 +31,40 @@ typedef struct {
 /* Depthwise causal conv1d (no bias) then SiLU over the T positions of channels [c0, c1), in place: each
  * output takes the current and the last kernel-1 inputs (from the conv state before position 0). The
  * conv state then holds the last kernel-1 inputs. Positions run backwards so that inputs are read before
- * they are overwritten. */
-static void conv_channels(conv_job *j, int c0, int c1) {
+ * they are overwritten. Each tap is one pass over the channels (the weights copied tap-major first), so
+ * the passes are vector loops; every channel's sum is formed in the same order as one channel at a time. */
+AI void conv_channels(conv_job *j, int c0, int c1) {
     const model_config *c = &j->s->m->cfg;
-    int K = c->conv_kernel, hist = K - 1, T = j->T;
+    int K = c->conv_kernel, hist = K - 1, T = j->T, nc = c1 - c0;
     int conv_dim = 2 * c->lin_k_heads * c->lin_k_dim + c->lin_v_heads * c->lin_v_dim;
     float *st = j->s->conv_state[j->layer], *x = j->qkv;
-    float keep[8][DELTA_MAX_DV]; /* the new conv state of these channels (hist <= 8, c1 - c0 <= DELTA_MAX_DV) */
+    /* hist <= 8 and nc <= DELTA_MAX_DV (config.c): the new conv state of these channels, the weights
+     * tap-major, one position's sums */
+    float keep[8][DELTA_MAX_DV], wt[9][DELTA_MAX_DV], acc[DELTA_MAX_DV];
+    for (int ch = 0; ch < nc; ch++)
+        for (int h = 0; h < K; h++) wt[h][ch] = j->w->conv_w[(size_t)(c0 + ch) * K + h];
     for (int h = 0; h < hist; h++) { /* input h of the last hist: position T - hist + h */
         int t = T - hist + h;
-        for (int ch = c0; ch < c1; ch++)
-            keep[h][ch - c0] = t >= 0 ? x[(size_t)t * conv_dim + ch] : st[(size_t)(t + hist) * conv_dim + ch];
+        const float *in = t >= 0 ? x + (size_t)t * conv_dim + c0 : st + (size_t)(t + hist) * conv_dim + c0;
+        memcpy(keep[h], in, sizeof(float) * nc);
     }
     for (int t = T - 1; t >= 0; t--) {
-        for (int ch = c0; ch < c1; ch++) {
-            const float *wk = j->w->conv_w + (size_t)ch * K;
-            float acc = wk[hist] * x[(size_t)t * conv_dim + ch];
-            for (int h = 0; h < hist; h++) { /* input t - hist + h */
-                int u = t - hist + h;
-                acc += wk[h] * (u >= 0 ? x[(size_t)u * conv_dim + ch] : st[(size_t)(u + hist) * conv_dim + ch]);
-            }
-            x[(size_t)t * conv_dim + ch] = acc;
+        float *xt = x + (size_t)t * conv_dim + c0;
+        for (int ch = 0; ch < nc; ch++) acc[ch] = wt[hist][ch] * xt[ch];
+        for (int h = 0; h < hist; h++) { /* input t - hist + h */
+            int u = t - hist + h;
+            const float *in = u >= 0 ? x + (size_t)u * conv_dim + c0 : st + (size_t)(u + hist) * conv_dim + c0;
+            const float *w = wt[h];
+            for (int ch = 0; ch < nc; ch++) acc[ch] += w[ch] * in[ch];
         }
-        kernel_silu_mul(x + (size_t)t * conv_dim + c0, x + (size_t)t * conv_dim + c0, NULL, (size_t)(c1 - c0));
+        kernel_silu_mul(xt, acc, NULL, (size_t)nc);
     }
-    for (int h = 0; h < hist; h++)
-        for (int ch = c0; ch < c1; ch++) st[(size_t)h * conv_dim + ch] = keep[h][ch - c0];
+    for (int h = 0; h < hist; h++) memcpy(st + (size_t)h * conv_dim + c0, keep[h], sizeof(float) * nc);
 }
 
 /* Task i: the conv of one head's channels: q heads, then k heads (both l2-normalised per position
  * afterwards, q also scaled by 1/sqrt(dk)), then v heads. */
-static void conv_task(void *ctx, int i, int n_tasks) {
-    (void)n_tasks;
-    conv_job *j = ctx;
+AI void conv_head(conv_job *j, int i) {
     const model_config *c = &j->s->m->cfg;
     int Hk = c->lin_k_heads, dk = c->lin_k_dim, dv = c->lin_v_dim;
     int conv_dim = 2 * Hk * dk + c->lin_v_heads * dv;
@@ -77,6 +78,17 @@ static void conv_task(void *ctx, int i, int n_tasks) {
         if (i < Hk)
             for (int d = 0; d < dk; d++) h[d] *= qscale;
     }
+}
+
+static void conv_task_generic(void *ctx, int i, int n_tasks) {
+    (void)n_tasks;
+    conv_head(ctx, i);
+}
+
+/* The same compiled for AVX2 (the tap passes in 8 lanes), taken at that kernel level and above. */
+__attribute__((target("avx2"))) static void conv_task_avx2(void *ctx, int i, int n_tasks) {
+    (void)n_tasks;
+    conv_head(ctx, i);
 }
 
 /* ---- the recurrence -------------------------------------------------------------------------------- */
@@ -202,7 +214,8 @@ void delta_net_forward(state *s, int layer, const layer_weights *w, const float 
     /* the conv, one task per head's channels; then the recurrence, one task per value head over all T
      * positions (sequential in position) */
     conv_job cj = {s, layer, T, w, s->qkv};
-    pool_run(s->m->pool, conv_task, &cj, 2 * c->lin_k_heads + Hv);
+    pool_run(s->m->pool, kernel_level_active() >= KERNEL_AVX2 ? conv_task_avx2 : conv_task_generic, &cj,
+             2 * c->lin_k_heads + Hv);
     delta_heads job = {s, layer, T, w, s->qkv, s->z, s->beta, s->decay, s->o};
     kernel_level lv = kernel_level_active();
     pool_run(s->m->pool, lv >= KERNEL_AVX512 ? head_task_avx512 : lv == KERNEL_AVX2 ? head_task_avx2 : head_task_generic,
