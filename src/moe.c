@@ -57,16 +57,17 @@ static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *d
     state_matmul(s, Y, down, s->eh, n);
 }
 
-/* Indices of the k largest p (ties: lower index first, as a stable sort would), in descending order. */
+/* Indices of the k largest p (ties: lower index first, as a stable sort would), in descending order: one
+ * pass keeping the best k so far sorted, so that most p cost one comparison with the k-th. */
 static void top_k(const float *p, int n, int k, int *ids) {
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int e = 0; e < n; e++) {
-            int taken = 0;
-            for (int t = 0; t < j; t++) taken |= ids[t] == e;
-            if (!taken && (best < 0 || p[e] > p[best])) best = e;
-        }
-        ids[j] = best;
+    int len = 0;
+    for (int e = 0; e < n; e++) {
+        int i = len; /* insertion point: after every kept p >= p[e] */
+        while (i > 0 && p[ids[i - 1]] < p[e]) i--;
+        if (i >= k) continue;
+        for (int m = len < k ? len : k - 1; m > i; m--) ids[m] = ids[m - 1];
+        ids[i] = e;
+        if (len < k) len++;
     }
 }
 
@@ -135,6 +136,25 @@ static int next_batch(state *s, int T, int *next) {
     return nb;
 }
 
+typedef struct {
+    const state *s;
+    float *out;
+    int rows, H, per;
+} accum_job;
+
+/* out[expert_rows[r]][k] += expert_w[r] * expert_out[r][k] for the batch's rows r, ascending, and the
+ * columns k of task i (per columns each; n_tasks 1: all of them). */
+static void accum_task(void *ctx, int task, int n_tasks) {
+    const accum_job *j = ctx;
+    int k0 = n_tasks == 1 ? 0 : task * j->per, k1 = n_tasks == 1 ? j->H : k0 + j->per < j->H ? k0 + j->per : j->H;
+    for (int r = 0; r < j->rows; r++) {
+        float wt = j->s->expert_w[r];
+        const float *y = j->s->expert_out + (size_t)r * j->H;
+        float *o = j->out + (size_t)j->s->expert_rows[r] * j->H;
+        for (int k = k0; k < k1; k++) o[k] += wt * y[k];
+    }
+}
+
 /* Computes each expert of the batch (reads started by experts_begin) on its rows as it arrives, then
  * adds the weighted outputs into out in ascending expert order. */
 static int finish_batch(state *s, int layer, const float *xn, int nb, float *out, double *t, char *err,
@@ -153,12 +173,12 @@ static int finish_batch(state *s, int layer, const float *xn, int nb, float *out
     experts_end(m->experts);
     state_tick(s, layer, T_IO_WAIT, t);
     if (rc) return rc;
-    for (int r = 0; r < s->batch_off[nb]; r++) { /* the batch's rows: expert by expert, ascending */
-        float wt = s->expert_w[r];
-        const float *y = s->expert_out + (size_t)r * H;
-        float *o = out + (size_t)s->expert_rows[r] * H;
-        for (int k = 0; k < H; k++) o[k] += wt * y[k];
-    }
+    /* the batch's rows, expert by expert, ascending; a prompt chunk's split across the threads by columns
+     * (every element still gets its additions in the same order) */
+    int rows = s->batch_off[nb], threads = pool_size(m->pool);
+    accum_job aj = {s, out, rows, H, (H + threads - 1) / threads};
+    if (rows <= m->top_k || threads < 2) accum_task(&aj, 0, 1); /* one position's rows: not worth a dispatch */
+    else pool_run(m->pool, accum_task, &aj, (H + aj.per - 1) / aj.per);
     return 0;
 }
 
