@@ -160,8 +160,8 @@ typedef struct {
 
 /* Query heads [h0, h1) of kv head kvh, positions tb, tb + ntb, ... < T: q norm and RoPE, causal
  * softmax(q k^T / sqrt(hd)) v over positions 0..pos, times sigmoid(gate). Each score and each output
- * sum is formed in the same order as one head at a time, so the results are the same bits; only the
- * loop over heads moved inside the loop over key blocks. Scratch: the task's rows of s->q, s->scores. */
+ * sum is formed in the same order whatever the split into units and however many heads share a key
+ * block, so the results do not depend on the thread count. Scratch: the task's rows of s->q, s->scores. */
 AI void attn_unit(const attn_job *j, int task, int kvh, int h0, int h1, int tb, const int fast) {
     state *s = j->s;
     const model_config *c = &s->m->cfg;

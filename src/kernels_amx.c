@@ -264,12 +264,11 @@ static void tile_product(float *Y, size_t ldy, int nj, int nr, int first, const 
     }
 }
 
-static int amx_type(dtype t) { return t == DTYPE_Q8 || t == DTYPE_Q4 || t == DTYPE_Q2; }
-
-int kernel_gemm_amx_rounds_x(dtype t) { return amx_type(t); }
+/* The types on tiles (codes in whole bytes' lanes of a word): the ones whose x this GEMM rounds. */
+int kernel_gemm_amx_rounds_x(dtype t) { return t == DTYPE_Q8 || t == DTYPE_Q4 || t == DTYPE_Q2; }
 
 void kernel_gemm_amx(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
-    if (!amx_type(w->type)) {
+    if (!kernel_gemm_amx_rounds_x(w->type)) {
         kernel_gemm_avx512(Y, w, X, n, r0, r1);
         return;
     }

@@ -143,10 +143,11 @@ typedef struct {
 } accum_job;
 
 /* out[expert_rows[r]][k] += expert_w[r] * expert_out[r][k] for the batch's rows r, ascending, and the
- * columns k of task i (per columns each; n_tasks 1: all of them). */
+ * columns k of task i (per columns each). */
 static void accum_task(void *ctx, int task, int n_tasks) {
+    (void)n_tasks;
     const accum_job *j = ctx;
-    int k0 = n_tasks == 1 ? 0 : task * j->per, k1 = n_tasks == 1 ? j->H : k0 + j->per < j->H ? k0 + j->per : j->H;
+    int k0 = task * j->per, k1 = k0 + j->per < j->H ? k0 + j->per : j->H;
     for (int r = 0; r < j->rows; r++) {
         float wt = j->s->expert_w[r];
         const float *y = j->s->expert_out + (size_t)r * j->H;
@@ -176,9 +177,13 @@ static int finish_batch(state *s, int layer, const float *xn, int nb, float *out
     /* the batch's rows, expert by expert, ascending; a prompt chunk's split across the threads by columns
      * (every element still gets its additions in the same order) */
     int rows = s->batch_off[nb], threads = pool_size(m->pool);
-    accum_job aj = {s, out, rows, H, (H + threads - 1) / threads};
-    if (rows <= m->top_k || threads < 2) accum_task(&aj, 0, 1); /* one position's rows: not worth a dispatch */
-    else pool_run(m->pool, accum_task, &aj, (H + aj.per - 1) / aj.per);
+    if (rows <= m->top_k || threads < 2) { /* one position's rows: not worth a dispatch */
+        accum_job aj = {s, out, rows, H, H};
+        accum_task(&aj, 0, 1);
+    } else {
+        accum_job aj = {s, out, rows, H, (H + threads - 1) / threads};
+        pool_run(m->pool, accum_task, &aj, (H + aj.per - 1) / aj.per);
+    }
     return 0;
 }
 
