@@ -103,7 +103,9 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     } else if (!strcmp(a, "--io-threads")) {
         ea->mo.io_threads_only = 1;
     } else if (!strcmp(a, "--prefetch")) {
-        ea->mo.prefetch = 1;
+        ea->mo.prefetch = MODEL_PREFETCH_ON;
+    } else if (!strcmp(a, "--no-prefetch")) {
+        ea->mo.prefetch = MODEL_PREFETCH_OFF;
     } else if (!strcmp(a, "--prefill-chunk")) {
         if (!(v = cli_value(cmd, argc, argv, i)) || cli_int(cmd, a, v, 1, 65536, &ea->mo.prefill_chunk)) return -1;
     } else if (!strcmp(a, "--timing")) {

@@ -15,7 +15,7 @@ int cli_float(const char *cmd, const char *flag, const char *v, double lo, doubl
 int cli_ids(const char *cmd, const char *flag, const char *v, int32_t **ids, int *n);
 
 /* The options of every model-running command: -m, --experts-per-token, --threads, --io, --cache-mb,
- * --io-threads, --prefetch, --timing, --ctx. */
+ * --io-threads, --prefetch, --no-prefetch, --timing, --ctx. */
 typedef struct {
     const char *dir;
     model_opts mo;
@@ -42,8 +42,9 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     "  --cache-mb N               expert cache budget for --io direct (default 0; with auto, what the\n" \
     "                             resident weights, the state for --ctx and a margin leave)\n"              \
     "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
-    "  --prefetch                 --io direct: while decoding, read the experts the next layer's router\n" \
-    "                             predicts during this layer (experimental; off by default)\n" \
+    "  --prefetch, --no-prefetch  while decoding with --io direct, read the top of the experts the next\n" \
+    "                             layer's router predicts, as many as the disk would otherwise idle for\n" \
+    "                             (default: on when the expert cache has room; --prefetch wants direct)\n" \
     "  --prefill-chunk N          prompt positions run together, each expert read once per chunk (2048)\n" \
     "  --timing                   print where each layer's time goes, and the I/O totals\n"
 

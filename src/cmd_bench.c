@@ -298,7 +298,7 @@ int cmd_bench(int argc, char **argv) {
     float *logits = m ? malloc(sizeof(float) * (size_t)m->cfg.vocab_size) : NULL;
     int32_t *prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
     double *pre = calloc((size_t)reps, sizeof(double)), *dec = calloc((size_t)reps, sizeof(double));
-    double disk_bytes = 0, expert_bytes = 0, pre_disk_bytes = 0;
+    double disk_bytes = 0, expert_bytes = 0, pre_disk_bytes = 0, wasted_experts = 0;
     if (!s || !logits || !prompt || !pre || !dec) {
         fprintf(stderr, "flashmoe bench: %s\n", s ? "out of memory" : err);
         goto out;
@@ -336,6 +336,8 @@ int cmd_bench(int argc, char **argv) {
         dec[r] = n_gen / (t2 - t1);
         disk_bytes += (proc_read_bytes() - io0) / n_gen / reps;
         expert_bytes += (double)(st1.bytes_read - st0.bytes_read) / n_gen / reps;
+        wasted_experts += ((double)(st1.prefetched - st0.prefetched) - (double)(st1.prefetch_used - st0.prefetch_used)) /
+                          n_gen / reps;
         if (!json) fprintf(stderr, "bench: rep %d/%d: prefill %.2f tok/s, decode %.2f tok/s\n", r + 1, reps, pre[r], dec[r]);
     }
     if (cg[0]) {
@@ -357,7 +359,10 @@ int cmd_bench(int argc, char **argv) {
     if (packed_is_dir(ea.dir) && packed_manifest_load(&man, ea.dir, err, sizeof err) == 0) rec = man.layout.record_bytes;
     double state_bytes = state_bytes_per_token(m, n_prompt + (n_gen - 1) / 2.0);
     double mem_bytes = dense_bytes_per_token(m) + (double)m->top_k * m->cfg.n_layers * (double)rec + state_bytes;
-    double t_disk = disk_bw > 0 ? disk_bytes / disk_bw : 0, t_mem = mem_bw > 0 ? mem_bytes / mem_bw : 0;
+    /* the floor counts the bytes a token needs: not the reads of wrongly predicted experts (prefetch) */
+    double wasted_bytes = wasted_experts > 0 ? wasted_experts * (double)rec : 0;
+    double need_bytes = disk_bytes > wasted_bytes ? disk_bytes - wasted_bytes : 0;
+    double t_disk = disk_bw > 0 ? need_bytes / disk_bw : 0, t_mem = mem_bw > 0 ? mem_bytes / mem_bw : 0;
     double floor_s = t_disk > t_mem ? t_disk : t_mem, frac = floor_s * dm;
     /* prefill: the larger of its arithmetic over the measured peak and the bytes it read over the disk */
     double pre_macs = prefill_macs_per_token(m, n_prompt);
@@ -365,6 +370,9 @@ int cmd_bench(int argc, char **argv) {
     double pre_floor = tp_cpu > tp_disk ? tp_cpu : tp_disk, pre_frac = pre_floor * pm;
     uint64_t asked = st.hits + st.misses;
     double hit = asked ? (double)st.hits / asked : 0;
+    double pf_hit = st.predicted_asked ? (double)st.predicted_right / st.predicted_asked : 0;
+    double pf_top = st.predictions ? (double)st.prediction_top / st.predictions : 0;
+    double pf_used = st.prefetched ? (double)st.prefetch_used / st.prefetched : 0;
     if (cg[0]) release_cap(cg, &peak);
     if (json) {
         cJSON *o = cJSON_CreateObject();
@@ -392,6 +400,10 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "floor_decode_tok_s", floor_s > 0 ? 1 / floor_s : 0);
         cJSON_AddNumberToObject(o, "fraction_of_floor", frac);
         cJSON_AddNumberToObject(o, "cache_hit_rate", hit);
+        cJSON_AddNumberToObject(o, "prefetch_wasted_bytes_per_token", wasted_bytes);
+        cJSON_AddNumberToObject(o, "prefetch_prediction_hit_rate", pf_hit);
+        cJSON_AddNumberToObject(o, "prefetch_top_read", pf_top);
+        cJSON_AddNumberToObject(o, "prefetch_used_rate", pf_used);
         cJSON_AddNumberToObject(o, "prefill_macs_per_token", pre_macs);
         cJSON_AddNumberToObject(o, "peak_macs_per_s", peak_macs);
         cJSON_AddStringToObject(o, "peak_kind", kernel_peak_name());
@@ -419,6 +431,10 @@ int cmd_bench(int argc, char **argv) {
                "memory %.2f GB/s (%d threads; %.2f before, %.2f after)\n",
                disk_bw / 1e9, disk_bw0 / 1e9, disk_bw1 / 1e9, mem_bw / 1e9, threads,
                mem_bw0 / 1e9, mem_bw1 / 1e9);
+        if (st.predictions)
+            printf("prefetch: next-layer prediction hit rate %.1f%%, top %.1f of each read, %.1f%% of the experts "
+                   "read ahead used (%.1f MB per token wasted, left out of the floor)\n",
+                   100 * pf_hit, pf_top, 100 * pf_used, wasted_bytes / 1e6);
         printf("decode floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
                floor_s > 0 ? 1 / floor_s : 0, 1e3 * t_disk, 1e3 * t_mem, 100 * frac);
         printf("prefill floor: %.2f tok/s (compute %.2f G multiply-adds per token at a measured %.1f G/s %s "

@@ -56,8 +56,18 @@ struct expert_cache {
     int *pred_ids;          /* [working] */
     int pred_n;
     int pf_pending;         /* 1: the prediction's reads have not been started yet */
+    int pred_top;           /* how many of the prediction (the first) are to be read */
+    /* prefetch_fit's estimates (0: none yet): seconds from a layer's last read to the next layer's begin,
+     * and bytes per second of the layers' reads; and decaying counts of the experts at the top of
+     * predictions and of those then used */
+    double t_begin, t_reads_done; /* the layer in progress: its begin, when its last read arrived (0: not yet) */
+    double window_s, read_bps, top_named, top_used;
     uint64_t predicted_asked, predicted_right, prefetched, prefetch_used, prefetch_failures;
+    uint64_t predictions, prediction_top, predictions_skipped;
 };
+
+#define PF_EST_GAIN 0.25 /* weight of a new sample in the running estimates */
+#define PF_USED_DECAY 0.9 /* per prediction, of the counts of the top's use */
 
 
 /* ---- LRU list ---- */
@@ -145,6 +155,7 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
         goto fail;
     }
     c->pf_io = cfg->prefetch_io;
+    if (cfg->prefetch_if_room && cached < (size_t)c->cfg.working) c->pf_io = NULL;
     c->pred_layer = -1;
     /* with prefetch, the `working` slots of its batch come out of the budget, which holds at least them */
     if (c->pf_io && cached < (size_t)c->cfg.working) cached = (size_t)c->cfg.working;
@@ -250,7 +261,7 @@ static void pf_start(expert_cache *c) {
     c->pf_pending = 0;
     pf_drain(c); /* the previous batch: one at a time */
     int layer = c->pred_layer, base = layer * c->cfg.n_experts, n = 0;
-    for (int k = 0; k < c->pred_n && c->lru_head >= 0; k++) {
+    for (int k = 0; k < c->pred_top && c->lru_head >= 0; k++) {
         int key = base + c->pred_ids[k], s = c->lru_head;
         if (c->slot_of[key] >= 0) continue; /* resident already */
         cache_slot *x = &c->slots[s];
@@ -302,24 +313,58 @@ int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, cha
     memcpy(c->pred_ids, ids, sizeof *ids * (size_t)n);
     c->pred_n = n;
     c->pred_layer = layer;
+    c->pred_top = c->cfg.prefetch_fit ? expert_cache_prefetch_count(c->window_s, c->read_bps, c->cfg.slot_bytes, n) : n;
+    c->predictions++;
+    c->prediction_top += (uint64_t)c->pred_top;
+    if (c->cfg.prefetch_fit && c->top_used < 0.5 * c->top_named) { /* scored at begin, not read */
+        c->pf_pending = 0;
+        c->predictions_skipped++;
+        return 0;
+    }
     c->pf_pending = 1;
     pf_start(c);
     return 0;
+}
+
+int expert_cache_prefetch_count(double window_s, double bytes_per_s, size_t slot_bytes, int n) {
+    if (window_s <= 0 || bytes_per_s <= 0 || !slot_bytes) return (n + 1) / 2;
+    double k = window_s * bytes_per_s / (double)slot_bytes + 0.5;
+    return k < 1 ? 1 : k >= n ? n : (int)k;
+}
+
+int expert_cache_prefetching(const expert_cache *c) { return c->pf_io != NULL; }
+
+static void estimate(double *est, double sample) { *est = *est > 0 ? *est + PF_EST_GAIN * (sample - *est) : sample; }
+
+/* The layer's last read has arrived: the read rate's sample (reads since begin, the disk busy with them). */
+static void reads_done(expert_cache *c) {
+    double now = util_now_seconds();
+    if (c->n_misses && now > c->t_begin)
+        estimate(&c->read_bps, (double)c->n_misses * (double)c->cfg.slot_bytes / (now - c->t_begin));
+    c->t_reads_done = now;
 }
 
 /* At begin: experts of the layer still arriving by prefetch are waited for (a failed prefetch leaves
  * them missing); a prediction of this layer is scored, and dropped if its reads never started. */
 static void pf_begin(expert_cache *c, int layer, const int *experts, int n) {
     int base = layer * c->cfg.n_experts;
+    if (c->pred_layer == layer && c->t_reads_done > 0) /* decoding: the idle time since the last reads */
+        estimate(&c->window_s, util_now_seconds() - c->t_reads_done);
     for (int i = 0; i < n; i++) {
         int s;
         while ((s = c->slot_of[base + experts[i]]) >= 0 && c->slots[s].pf_loading && pf_wait_one(c)) {
         }
     }
     if (c->pred_layer != layer) return;
+    int top_used = 0;
     for (int i = 0; i < n; i++)
-        for (int k = 0; k < c->pred_n; k++) c->predicted_right += c->pred_ids[k] == experts[i];
+        for (int k = 0; k < c->pred_n; k++) {
+            c->predicted_right += c->pred_ids[k] == experts[i];
+            top_used += k < c->pred_top && c->pred_ids[k] == experts[i];
+        }
     c->predicted_asked += (uint64_t)n;
+    c->top_named = PF_USED_DECAY * c->top_named + c->pred_top;
+    c->top_used = PF_USED_DECAY * c->top_used + top_used;
     c->pred_layer = -1;
     c->pf_pending = 0;
 }
@@ -358,6 +403,8 @@ int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, ch
     }
 
     if (c->pf_io) pf_begin(c, layer, experts, n);
+    c->t_begin = c->cfg.prefetch_fit ? util_now_seconds() : 0;
+    c->t_reads_done = 0;
 
     /* the hits first: pinned, no miss can evict them */
     int base = layer * c->cfg.n_experts, n_hits = 0, n_misses = 0;
@@ -412,6 +459,7 @@ int expert_cache_begin(expert_cache *c, int layer, const int *experts, int n, ch
     c->hits_returned = c->misses_returned = 0;
     c->hits += (uint64_t)n_hits;
     c->misses += (uint64_t)n_misses;
+    if (c->cfg.prefetch_fit && !n_misses) c->t_reads_done = c->t_begin;
     return n_misses;
 }
 
@@ -450,6 +498,7 @@ int expert_cache_next(expert_cache *c, int *i, const expert_io_req **x, char *er
     cache_slot *s = &c->slots[c->item_slot[*i]];
     s->state = SLOT_READY;
     *x = &s->x;
+    if (c->cfg.prefetch_fit && c->misses_returned == c->n_misses) reads_done(c);
     if (c->pf_io) pf_start(c); /* the disk is free once the layer has all its reads */
     return 1;
 }
@@ -464,6 +513,7 @@ void expert_cache_end(expert_cache *c) {
         }
         c->misses_returned++;
         c->slots[c->item_slot[c->req_item[m]]].state = SLOT_READY;
+        if (c->cfg.prefetch_fit && c->misses_returned == c->n_misses) reads_done(c);
     }
     for (int i = 0; i < c->n; i++) slot_unpin(c, c->item_slot[i]);
     c->active = 0;
@@ -493,5 +543,8 @@ void expert_cache_stats_get(const expert_cache *c, expert_cache_stats *out) {
                                 .predicted_right = c->predicted_right,
                                 .prefetched = c->prefetched,
                                 .prefetch_used = c->prefetch_used,
-                                .prefetch_failures = c->prefetch_failures};
+                                .prefetch_failures = c->prefetch_failures,
+                                .predictions = c->predictions,
+                                .prediction_top = c->prediction_top,
+                                .predictions_skipped = c->predictions_skipped};
 }

@@ -30,7 +30,15 @@
  * first (and turns the rest into misses read as usual). A failed prefetch read prints one notice naming
  * the file and is otherwise harmless: the experts it was reading are read again when asked for. With
  * prefetch, `working` of the slots hold the prefetch reads, taken out of budget_bytes (at least 2 x
- * working slots in all). */
+ * working slots in all).
+ *
+ * With config.prefetch_fit, a prediction (ids best first) is read only as far as the disk would
+ * otherwise idle: the top expert_cache_prefetch_count of it, from running estimates of the time between
+ * a layer's last read and the next layer's begin (the compute no read overlaps) and of the read rate.
+ * Reads further down the prediction would compete with the next layer's own reads, where a wrong one
+ * costs as much as a right one saves. And while fewer than half of the experts the top of recent
+ * predictions named were then used (a decaying count), nothing is read: the prediction is still made and
+ * scored, and reading resumes when it improves. */
 #ifndef FLASHMOE_EXPERT_CACHE_H
 #define FLASHMOE_EXPERT_CACHE_H
 #include "expert_io.h"
@@ -50,6 +58,9 @@ typedef struct {
     void *locate_ctx;
     expert_io *prefetch_io; /* NULL: no prefetch; else an engine (same files, max_requests >= working) that
                                reads only prefetches; it must outlive the cache */
+    int prefetch_fit;       /* 1: read only the top of a prediction that fits the disk's idle time (above) */
+    int prefetch_if_room;   /* 1: no prefetch (expert_cache_prefetching 0) unless budget_bytes holds the
+                               prefetch batch's `working` slots, so that it takes no memory of its own */
 } expert_cache_config;
 
 typedef struct {
@@ -62,6 +73,9 @@ typedef struct {
      * in it (`predicted_right`); experts read by prefetch, those of them asked for before being evicted,
      * and failed prefetch batches. requests, bytes_read and wait_ns include the prefetch engine's. */
     uint64_t predicted_asked, predicted_right, prefetched, prefetch_used, prefetch_failures;
+    /* predictions made, how many of their experts were to be read in all (the top of each, before
+     * skipping those resident), and predictions not read because too few of the top were being used */
+    uint64_t predictions, prediction_top, predictions_skipped;
 } expert_cache_stats;
 
 typedef struct expert_cache expert_cache;
@@ -86,6 +100,13 @@ void expert_cache_end(expert_cache *c);
  * if none is in progress). Replaces a prediction not yet started. Returns 0, or -1 with the reason in err
  * (no prefetch engine, bad arguments); read failures are not returned (see above). */
 int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen);
+
+/* 1 if the cache reads predictions (a prefetch engine it has room for), else 0. */
+int expert_cache_prefetching(const expert_cache *c);
+/* prefetch_fit's count: of a prediction of n experts of slot_bytes each, those that the disk reads at
+ * bytes_per_s in window_s seconds, rounded to the nearest, and at least 1; (n + 1) / 2 while either
+ * estimate is missing (0). */
+int expert_cache_prefetch_count(double window_s, double bytes_per_s, size_t slot_bytes, int n);
 
 /* The resident bytes of (layer, expert), or NULL; changes neither statistics nor LRU order. */
 const expert_io_req *expert_cache_peek(const expert_cache *c, int layer, int expert);

@@ -36,6 +36,7 @@ typedef struct {
     /* prefetch (see expert_cache_stats): experts asked for in layers that had a prediction, and how many
      * of them were predicted; experts read by prefetch, and how many of those were then used */
     uint64_t predicted_asked, predicted_right, prefetched, prefetch_used;
+    uint64_t predictions, prediction_top, predictions_skipped; /* see expert_cache_stats */
 } experts_stats;
 
 typedef struct expert_source expert_source;
@@ -89,7 +90,9 @@ typedef struct {
     size_t cache_bytes;   /* DIRECT: budget of the in-process cache */
     int uring;            /* 1: io_uring (falls back to threads when refused); 0: reader threads */
     int top_k;            /* most experts asked for at once */
-    int prefetch;         /* DIRECT: a second engine reads predicted experts ahead (experts_prefetch) */
+    int prefetch;         /* DIRECT: a second engine reads predicted experts ahead (experts_prefetch), as much
+                             of each prediction as the disk's idle time fits; 2: the same only if cache_bytes
+                             holds the prefetch batch's slots (so it takes no memory of its own) */
 } experts_stream_opts;
 
 /* Experts read from disk through the I/O engine: from a packed directory (dir has flashmoe.json) or from

@@ -99,7 +99,9 @@ static void stream_stats(const expert_source *src, experts_stats *out) {
                            .mode = s->mode == EXPERTS_IO_DIRECT ? "direct" : "cache",
                            .backend = expert_io_backend_name(expert_io_backend_used(s->io)),
                            .predicted_asked = cs.predicted_asked, .predicted_right = cs.predicted_right,
-                           .prefetched = cs.prefetched, .prefetch_used = cs.prefetch_used};
+                           .prefetched = cs.prefetched, .prefetch_used = cs.prefetch_used,
+                           .predictions = cs.predictions, .prediction_top = cs.prediction_top,
+                           .predictions_skipped = cs.predictions_skipped};
 }
 
 static void stream_free(expert_source *src) {
@@ -218,8 +220,12 @@ expert_source *experts_open_stream(const char *dir, const checkpoint *ck, const 
     expert_cache_config cc = {.n_layers = c->n_layers, .n_experts = c->n_experts, .working = o->top_k,
                               .budget_bytes = o->mode == EXPERTS_IO_DIRECT ? o->cache_bytes : 0,
                               .slot_bytes = s->packed ? s->lo.record_bytes : 0, .locate = locate, .locate_ctx = s,
-                              .prefetch_io = s->pf_io};
+                              .prefetch_io = s->pf_io, .prefetch_fit = 1, .prefetch_if_room = o->prefetch == 2};
     if (!(s->cache = expert_cache_create(s->io, &cc, err, errlen))) goto bad;
+    if (s->pf_io && !expert_cache_prefetching(s->cache)) { /* no room for it */
+        expert_io_free(s->pf_io);
+        s->pf_io = NULL;
+    }
     if (s->pf_io) s->base.prefetch = stream_prefetch;
     return &s->base;
 bad:

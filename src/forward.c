@@ -269,11 +269,13 @@ void state_timing_report(const state *s, double wall, FILE *f) {
             st.wait_ns ? st.bytes_read / (st.wait_ns * 1e-9) / 1e9 : 0.0, (unsigned long long)st.hits,
             (unsigned long long)asked, asked ? 100.0 * st.hits / asked : 0.0, st.memory_bytes / 1e6);
     if (st.predicted_asked)
-        fprintf(f, "prefetch: next-layer prediction hit rate %.1f%% (%llu of %llu experts predicted); %llu experts "
-                "read ahead, %llu of them used (%.1f%%)\n",
+        fprintf(f, "prefetch: next-layer prediction hit rate %.1f%% (%llu of %llu experts predicted); top %.1f of "
+                "each read (%llu of %llu predictions skipped); %llu experts read ahead, %llu of them used (%.1f%%)\n",
                 100.0 * st.predicted_right / st.predicted_asked, (unsigned long long)st.predicted_right,
-                (unsigned long long)st.predicted_asked, (unsigned long long)st.prefetched,
-                (unsigned long long)st.prefetch_used,
+                (unsigned long long)st.predicted_asked,
+                st.predictions ? (double)st.prediction_top / st.predictions : 0.0,
+                (unsigned long long)st.predictions_skipped, (unsigned long long)st.predictions,
+                (unsigned long long)st.prefetched, (unsigned long long)st.prefetch_used,
                 st.prefetched ? 100.0 * st.prefetch_used / st.prefetched : 0.0);
 }
 

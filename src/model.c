@@ -166,7 +166,8 @@ static int plan_io(model *m, const char *dir, const model_opts *opts, experts_io
     int ctx = opts->plan_ctx > 0 ? opts->plan_ctx : 4096, states = opts->plan_states > 0 ? opts->plan_states : 1;
     size_t state = (size_t)states * state_bytes(&m->cfg, m->top_k, m->prefill_chunk, opts->threads, ctx);
     io_plan p;
-    memplan_choose(disk, resident, state, av.bytes, opts->prefetch, opts->cache_given ? opts->cache_bytes : (size_t)-1,
+    int pf_on = opts->prefetch == MODEL_PREFETCH_ON;
+    memplan_choose(disk, resident, state, av.bytes, pf_on, opts->cache_given ? opts->cache_bytes : (size_t)-1,
                    &p);
     *io = p.mode;
     *cache_bytes = p.cache_bytes;
@@ -177,7 +178,7 @@ static int plan_io(model *m, const char *dir, const model_opts *opts, experts_io
                  "MiB (resident weights %.0f MiB, kept free %.0f MiB: the state for a context of %d, %.0f MiB, and a "
                  "margin)",
                  disk / MiB,
-                 opts->prefetch && p.reserve_bytes <= av.bytes && disk <= av.bytes - p.reserve_bytes
+                 pf_on && p.reserve_bytes <= av.bytes && disk <= av.bytes - p.reserve_bytes
                      ? "fits (--prefetch wants direct) in"
                  : disk <= av.bytes ? "with its state and a margin exceeds"
                                     : "exceeds",
@@ -213,7 +214,8 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
     experts_io_mode io = opts ? opts->io : EXPERTS_IO_CACHE;
     size_t cache_bytes = opts ? opts->cache_bytes : 0;
     if (io == EXPERTS_IO_AUTO && plan_io(m, dir, opts, &io, &cache_bytes, err, errlen)) goto bad;
-    if (opts && opts->prefetch && io != EXPERTS_IO_DIRECT) {
+    int pf = opts ? opts->prefetch : MODEL_PREFETCH_OFF;
+    if (pf == MODEL_PREFETCH_ON && io != EXPERTS_IO_DIRECT) {
         snprintf(err, errlen, "--prefetch needs --io direct");
         goto bad;
     }
@@ -223,7 +225,7 @@ model *model_load(const char *dir, const model_opts *opts, char *err, size_t err
     } else {
         experts_stream_opts so = {.mode = io, .cache_bytes = cache_bytes,
                                   .uring = !(opts && opts->io_threads_only), .top_k = m->top_k,
-                                  .prefetch = opts && opts->prefetch};
+                                  .prefetch = pf == MODEL_PREFETCH_ON ? 1 : pf == MODEL_PREFETCH_AUTO ? 2 : 0};
         m->experts = experts_open_stream(dir, &m->ck, &m->cfg, &so, err, errlen);
     }
     if (!m->experts) goto bad;

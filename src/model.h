@@ -26,6 +26,11 @@
  * allocated lazily and counted by --io auto (state_bytes). */
 #define MODEL_PREFILL_CHUNK 2048
 
+/* model_opts.prefetch: AUTO (0, the default) when the experts end up read with --io direct and the expert
+ * cache has room for the prefetch batch (experts_stream_opts.prefetch 2); ON wants --io direct (AUTO then
+ * picks it) and makes room; OFF never. */
+enum { MODEL_PREFETCH_OFF = -1, MODEL_PREFETCH_AUTO = 0, MODEL_PREFETCH_ON = 1 };
+
 typedef struct {
     int top_k;   /* experts per token; 0 = the model's own */
     int threads; /* 0 or 1 = single-threaded */
@@ -34,7 +39,7 @@ typedef struct {
     int cache_given;     /* cache_bytes was chosen by the user (AUTO then keeps it) */
     int io_threads_only; /* 1: reader threads instead of io_uring */
     int prefill_chunk;   /* positions run together when a prompt is processed; 0: MODEL_PREFILL_CHUNK */
-    int prefetch;        /* DIRECT only: while decoding, read the experts predicted for the next layer ahead */
+    int prefetch;        /* while decoding, read the experts predicted for the next layer ahead: MODEL_PREFETCH_* */
     int plan_ctx;        /* AUTO: the context the caller will create states for (0: 4096), and how many */
     int plan_states;     /* states (0: 1); their size is kept free of the expert cache */
 } model_opts;

@@ -812,6 +812,78 @@ static void test_cache_prefetch(void) {
         }
 }
 
+/* prefetch_fit: how much of a prediction is read (what the disk reads in the idle window), no prefetch
+ * without room for its batch (prefetch_if_room), and no reads while the top of the predictions is mostly
+ * wrong, resuming once it is right again. */
+static void test_cache_prefetch_fit(void) {
+    CHECK(expert_cache_prefetch_count(0, 3e9, 1 << 20, 8) == 4 && expert_cache_prefetch_count(2e-3, 0, 1 << 20, 7) == 4,
+          "no estimates: half of the prediction");
+    CHECK(expert_cache_prefetch_count(2.4e-3, 2.5e9, 1770000, 8) == 3, "2.4 ms at 2.5 GB/s, 1.77 MB each: %d",
+          expert_cache_prefetch_count(2.4e-3, 2.5e9, 1770000, 8));
+    CHECK(expert_cache_prefetch_count(1e-6, 1e9, 1 << 20, 8) == 1, "a tiny window still reads the top one");
+    CHECK(expert_cache_prefetch_count(1.0, 1e9, 1 << 20, 8) == 8, "a long window reads the whole prediction");
+    char err[512];
+    for (int room = 0; room < 2; room++) {
+        expert_io_config pc = {.backend = EXPERT_IO_THREADS, .mode = EXPERT_IO_DIRECT, .chunk_bytes = SMALL_CHUNK,
+                               .threads = 4, .queue_depth = 64, .quiet = 1};
+        expert_io *pf = expert_io_create(&pc, err, sizeof err);
+        cache_rig r;
+        memset(&r, 0, sizeof r);
+        r.io = engine_make(EXPERT_IO_THREADS, EXPERT_IO_DIRECT, SMALL_CHUNK);
+        CHECK(pf && r.io, "engines: %s", err);
+        if (!pf || !r.io) {
+            expert_io_free(pf);
+            rig_free(&r);
+            continue;
+        }
+        r.loc = (locate_ctx){expert_io_open(r.io, g_fx.path, err, sizeof err), 8, 0};
+        CHECK(expert_io_register(pf, r.loc.fd, g_fx.path, err, sizeof err) == 0, "%s", err);
+        expert_cache_config cfg = {.n_layers = 8, .n_experts = 8, .working = 4,
+                                   .budget_bytes = (size_t)(room ? 4 : 3) * REC, .slot_bytes = REC,
+                                   .locate = locate_record, .locate_ctx = &r.loc, .prefetch_io = pf,
+                                   .prefetch_fit = 1, .prefetch_if_room = 1};
+        r.cache = expert_cache_create(r.io, &cfg, err, sizeof err);
+        CHECK(r.cache != NULL, "%s", err);
+        if (r.cache && !room) {
+            expert_cache_stats st;
+            expert_cache_stats_get(r.cache, &st);
+            CHECK(!expert_cache_prefetching(r.cache) && st.slots == 3 + 4,
+                  "budget of 3 slots, batch of 4: prefetching %d with %d slots", expert_cache_prefetching(r.cache),
+                  st.slots);
+            CHECK(expert_cache_prefetch(r.cache, 1, (int[]){0}, 1, err, sizeof err) < 0, "prefetch without room");
+        }
+        if (r.cache && room) {
+            CHECK(expert_cache_prefetching(r.cache), "budget of 4 slots, batch of 4: no prefetch");
+            /* decoding: each layer predicts the next; wrong predictions (experts 4..7, it uses 0..3) */
+            expert_cache_stats st, before;
+            int layer = 0;
+            run_layer(r.cache, 0, (int[]){0, 1, 2, 3}, 4, 8);
+            for (int k = 0; k < 6; k++, layer = (layer + 1) % 7) {
+                CHECK(expert_cache_prefetch(r.cache, layer + 1, (int[]){4, 5, 6, 7}, 4, err, sizeof err) == 0, "%s", err);
+                run_layer(r.cache, layer + 1, (int[]){0, 1, 2, 3}, 4, 8);
+            }
+            expert_cache_stats_get(r.cache, &before);
+            CHECK(before.predictions == 6 && before.predictions_skipped == 5 && before.prefetch_used == 0,
+                  "wrong predictions: %llu of %llu skipped, %llu used", (unsigned long long)before.predictions_skipped,
+                  (unsigned long long)before.predictions, (unsigned long long)before.prefetch_used);
+            /* right ones (the top of {3, 0, 1, 2}): scored while skipped, then read again */
+            for (int k = 0; k < 6; k++, layer = (layer + 1) % 7) {
+                CHECK(expert_cache_prefetch(r.cache, layer + 1, (int[]){3, 0, 1, 2}, 4, err, sizeof err) == 0, "%s", err);
+                run_layer(r.cache, layer + 1, (int[]){0, 1, 2, 3}, 4, 8);
+            }
+            expert_cache_stats_get(r.cache, &st);
+            CHECK(st.predictions_skipped < before.predictions_skipped + 6 && st.prefetched > before.prefetched &&
+                      st.prefetch_used > 0 && st.prediction_top >= 12 && st.prediction_top <= 4 * 12,
+                  "right predictions: %llu skipped, %llu read ahead, %llu used, top %llu",
+                  (unsigned long long)(st.predictions_skipped - before.predictions_skipped),
+                  (unsigned long long)(st.prefetched - before.prefetched), (unsigned long long)st.prefetch_used,
+                  (unsigned long long)st.prediction_top);
+        }
+        rig_free(&r);
+        expert_io_free(pf);
+    }
+}
+
 int main(void) {
     if (fixture_make(&g_fx) < 0) {
         printf("not ok fixture (cannot create the test file in /tmp)\n");
@@ -831,6 +903,7 @@ int main(void) {
     RUN_TEST(test_cache_failures);
     RUN_TEST(test_cache_budget);
     RUN_TEST(test_cache_prefetch);
+    RUN_TEST(test_cache_prefetch_fit);
     fixture_free(&g_fx);
     TEST_EXIT();
 }
