@@ -52,6 +52,19 @@ static int read_limit(const char *path, size_t *v, char *err, size_t errlen) {
     return 1;
 }
 
+/* mountinfo's escapes, in place: the kernel writes space, tab, newline and backslash in paths as \ooo. */
+static void unescape_octal(char *s) {
+    char *o = s;
+    for (; *s; s++, o++) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+            *o = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 3;
+        } else
+            *o = *s;
+    }
+    *o = 0;
+}
+
 /* The mount point and root of the hierarchy for `want` ("cgroup2", or "memory" for the v1 controller)
  * from mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SOURCE SUPEROPTS". */
 static int find_mount(const char *mountinfo, const char *want, char *point, size_t plen, char *root, size_t rlen) {
@@ -69,6 +82,8 @@ static int find_mount(const char *mountinfo, const char *want, char *point, size
         else if (!strcmp(fstype, "cgroup"))
             for (char *sv, *tok = strtok_r(super, ",", &sv); tok && !found; tok = strtok_r(NULL, ",", &sv)) found = !strcmp(tok, want);
         if (found) {
+            unescape_octal(mp);
+            unescape_octal(r);
             snprintf(point, plen, "%s", mp);
             snprintf(root, rlen, "%s", r);
         }

@@ -95,6 +95,12 @@ static void test_cgroup_v2_and_container_root(void) {
     put("proc/self/mountinfo", "30 23 0:26 /docker/c1 %s/cg2 rw,nosuid - cgroup2 cgroup2 rw\n", root);
     put("cg2/memory.max", "%zu\n", 1536 * MiB);
     CHECK(avail(&a, err, sizeof err) == 0 && a.bytes == 1536 * MiB, "%zu %s", a.bytes, err);
+    /* a mount point with a space and a backslash, as mountinfo writes them (\040, \134) */
+    fresh();
+    put("proc/self/cgroup", "0::/x\n");
+    put("proc/self/mountinfo", "30 23 0:26 / %s/cg\\040two\\134 rw - cgroup2 cgroup2 rw\n", root);
+    put("cg two\\/x/memory.max", "%zu\n", 3 * GiB);
+    CHECK(avail(&a, err, sizeof err) == 0 && a.bytes == 3 * GiB, "escaped mount point: %zu %s", a.bytes, err);
     /* no mount for the hierarchy (or no cgroup file): no limit from it */
     put("proc/self/mountinfo", "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n");
     CHECK(avail(&a, err, sizeof err) == 0 && a.bytes == 8 * GiB, "%zu %s", a.bytes, err);
