@@ -13,31 +13,57 @@ void rmsnorm(float *y, const float *x, const float *w, int n, float eps) {
     for (int i = 0; i < n; i++) y[i] = x[i] * r * w[i];
 }
 
-static float *zalloc(size_t n, int *ok) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) *ok = 0;
-    return p;
+/* Per layer: floats per position of the K (and of the V) cache, of the conv window, of the recurrent state. */
+static void cache_sizes(const model_config *c, size_t *kv_row, size_t *conv, size_t *rec) {
+    size_t key_dim = (size_t)c->lin_k_heads * c->lin_k_dim, value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
+    *kv_row = (size_t)c->n_kv_heads * c->head_dim;
+    *conv = (size_t)(c->conv_kernel - 1) * (2 * key_dim + value_dim);
+    *rec = (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
+}
+
+/* The state's scratch buffers: where each one's pointer lives in s, its count and element size. One list
+ * serves state_bytes (with a throwaway s), state_create and state_free. */
+typedef struct {
+    void **at;
+    size_t n, size;
+} scratch_buf;
+#define SCRATCH_MAX 32
+
+static int scratch_list(state *s, const model_config *c, size_t K, size_t C, size_t P, size_t max_ctx,
+                        scratch_buf *b) {
+    size_t H = (size_t)c->hidden_size, heads = (size_t)c->n_heads * c->head_dim;
+    size_t value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
+    size_t conv_dim = 2 * (size_t)c->lin_k_heads * c->lin_k_dim + value_dim;
+    size_t inter = (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
+    size_t group = (size_t)(c->n_heads / c->n_kv_heads), R = state_batch_rows(K, C), E = (size_t)c->n_experts;
+    int n = 0;
+#define F(field, count) b[n++] = (scratch_buf){(void **)&s->field, (count), sizeof(float)}
+#define I(field, count) b[n++] = (scratch_buf){(void **)&s->field, (count), sizeof(int)}
+    F(x, C * H), F(xn, C * H), F(mix, C * H);
+    F(qg, C * heads * 2), F(q, P * group * c->head_dim), F(att, C * heads); /* q: a kv group's queries per thread */
+    F(scores, max_ctx * P * group);                                         /* a kv group's score rows per thread */
+    F(qkv, C * conv_dim), F(z, C * value_dim), F(beta, C * c->lin_v_heads), F(decay, C * c->lin_v_heads);
+    F(o, C * value_dim);
+    F(router, C * E), F(topk_w, C * K), I(topk_id, C * K);
+    F(sg, C), F(sh, C * H), F(xe, C * H), F(eh, C * inter), F(eu, C * inter);
+    F(expert_out, R * H), F(expert_w, R), I(expert_rows, R), I(batch_off, K + 1), I(expert_n, E), I(batch_ids, K);
+    b[n++] = (scratch_buf){(void **)&s->times, (size_t)c->n_layers * T_COUNT, sizeof(double)};
+#undef F
+#undef I
+    return n;
 }
 
 size_t state_bytes(const model_config *c, int top_k, int chunk, int threads, int max_ctx) {
-    /* the allocations of state_create below, in the same order */
-    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
-    size_t key_dim = (size_t)c->lin_k_heads * c->lin_k_dim, value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
-    size_t conv_dim = 2 * key_dim + value_dim, floats = 0, ints = 0, L = (size_t)c->n_layers, H = (size_t)c->hidden_size;
+    size_t kv_row, conv, rec, L = (size_t)c->n_layers, bytes = sizeof(state) + 4 * L * sizeof(float *);
+    cache_sizes(c, &kv_row, &conv, &rec);
     for (size_t l = 0; l < L; l++)
-        floats += c->layer_types[l] == LAYER_FULL_ATTENTION
-                      ? 2 * (size_t)max_ctx * kv_dim
-                      : (size_t)(c->conv_kernel - 1) * conv_dim + (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
-    size_t inter = (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
-    size_t C = (size_t)(chunk > 0 ? chunk : 1), K = (size_t)top_k, heads = (size_t)c->n_heads * c->head_dim;
-    size_t R = state_batch_rows(K, C);
-    size_t P = (size_t)(threads > 1 ? threads : 1), group = (size_t)(c->n_heads / c->n_kv_heads);
-    floats += C * H * 5 + C * heads * 3 + P * group * (size_t)c->head_dim + (size_t)max_ctx * P * group +
-              C * (conv_dim + 2 * value_dim + 2 * (size_t)c->lin_v_heads + (size_t)c->n_experts + K + 1 + 2 * inter) +
-              R * H + R;
-    ints = C * K + R + (K + 1) + (size_t)c->n_experts + K;
-    return floats * sizeof(float) + ints * sizeof(int) + 4 * L * sizeof(float *) + L * T_COUNT * sizeof(double) +
-           sizeof(state);
+        bytes += sizeof(float) * (c->layer_types[l] == LAYER_FULL_ATTENTION ? 2 * (size_t)max_ctx * kv_row : conv + rec);
+    state tmp;
+    scratch_buf b[SCRATCH_MAX];
+    int n = scratch_list(&tmp, c, (size_t)top_k, (size_t)(chunk > 0 ? chunk : 1), (size_t)(threads > 1 ? threads : 1),
+                         (size_t)max_ctx, b);
+    for (int i = 0; i < n; i++) bytes += b[i].n * b[i].size;
+    return bytes;
 }
 
 state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
@@ -46,57 +72,26 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     if (!s) goto oom;
     s->m = m;
     s->max_ctx = max_ctx;
-    int ok = 1, L = c->n_layers, H = c->hidden_size;
-    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
-    size_t key_dim = (size_t)c->lin_k_heads * c->lin_k_dim, value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
-    size_t conv_dim = 2 * key_dim + value_dim;
+    s->chunk = m->prefill_chunk > 0 ? m->prefill_chunk : 1;
+    int ok = 1, L = c->n_layers;
+    size_t kv_row, conv, rec;
+    cache_sizes(c, &kv_row, &conv, &rec);
     s->k_cache = calloc((size_t)L, sizeof(float *));
     s->v_cache = calloc((size_t)L, sizeof(float *));
     s->conv_state = calloc((size_t)L, sizeof(float *));
     s->rec_state = calloc((size_t)L, sizeof(float *));
     if (!s->k_cache || !s->v_cache || !s->conv_state || !s->rec_state) goto oom;
     for (int l = 0; l < L; l++) {
-        if (c->layer_types[l] == LAYER_FULL_ATTENTION) {
-            s->k_cache[l] = zalloc((size_t)max_ctx * kv_dim, &ok);
-            s->v_cache[l] = zalloc((size_t)max_ctx * kv_dim, &ok);
-        } else {
-            s->conv_state[l] = zalloc((size_t)(c->conv_kernel - 1) * conv_dim, &ok);
-            s->rec_state[l] = zalloc((size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim, &ok);
-        }
+        float **a = c->layer_types[l] == LAYER_FULL_ATTENTION ? &s->k_cache[l] : &s->conv_state[l];
+        float **b = c->layer_types[l] == LAYER_FULL_ATTENTION ? &s->v_cache[l] : &s->rec_state[l];
+        size_t na = c->layer_types[l] == LAYER_FULL_ATTENTION ? (size_t)max_ctx * kv_row : conv;
+        size_t nb = c->layer_types[l] == LAYER_FULL_ATTENTION ? (size_t)max_ctx * kv_row : rec;
+        ok &= (*a = calloc(na ? na : 1, sizeof(float))) != NULL;
+        ok &= (*b = calloc(nb ? nb : 1, sizeof(float))) != NULL;
     }
-    int inter = c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter;
-    size_t C = (size_t)(s->chunk = m->prefill_chunk > 0 ? m->prefill_chunk : 1), K = (size_t)m->top_k;
-    s->x = zalloc(C * H, &ok);
-    s->xn = zalloc(C * H, &ok);
-    s->mix = zalloc(C * H, &ok);
-    s->qg = zalloc(C * c->n_heads * c->head_dim * 2, &ok);
-    size_t P = (size_t)pool_size(m->pool), group = (size_t)(c->n_heads / c->n_kv_heads);
-    s->q = zalloc(P * group * c->head_dim, &ok);            /* a kv group's queries per thread */
-    s->att = zalloc(C * c->n_heads * c->head_dim, &ok);
-    s->scores = zalloc((size_t)max_ctx * P * group, &ok); /* a kv group's score rows per thread */
-    s->qkv = zalloc(C * conv_dim, &ok);
-    s->z = zalloc(C * value_dim, &ok);
-    s->beta = zalloc(C * c->lin_v_heads, &ok);
-    s->decay = zalloc(C * c->lin_v_heads, &ok);
-    s->o = zalloc(C * value_dim, &ok);
-    s->router = zalloc(C * c->n_experts, &ok);
-    s->topk_w = zalloc(C * K, &ok);
-    s->sg = zalloc(C, &ok);
-    s->sh = zalloc(C * H, &ok);
-    s->xe = zalloc(C * H, &ok);
-    s->eh = zalloc(C * inter, &ok);
-    s->eu = zalloc(C * inter, &ok);
-    size_t R = state_batch_rows(K, C);
-    s->expert_out = zalloc(R * H, &ok);
-    s->expert_w = zalloc(R, &ok);
-    s->topk_id = calloc(C * K, sizeof(int));
-    s->expert_rows = calloc(R, sizeof(int));
-    s->batch_off = calloc(K + 1, sizeof(int));
-    s->expert_n = calloc((size_t)c->n_experts, sizeof(int));
-    s->batch_ids = calloc(K, sizeof(int));
-    if (!s->topk_id || !s->expert_rows || !s->batch_off || !s->expert_n || !s->batch_ids) ok = 0;
-    s->times = calloc((size_t)L * T_COUNT, sizeof(double));
-    if (!s->times) ok = 0;
+    scratch_buf b[SCRATCH_MAX];
+    int n = scratch_list(s, c, (size_t)m->top_k, (size_t)s->chunk, (size_t)pool_size(m->pool), (size_t)max_ctx, b);
+    for (int i = 0; i < n; i++) ok &= (*b[i].at = calloc(b[i].n ? b[i].n : 1, b[i].size)) != NULL;
     if (!ok) goto oom;
     return s;
 oom:
@@ -107,7 +102,8 @@ oom:
 
 void state_free(state *s) {
     if (!s) return;
-    int L = s->m->cfg.n_layers;
+    const model *m = s->m;
+    int L = m->cfg.n_layers;
     for (int l = 0; s->k_cache && l < L; l++) {
         free(s->k_cache[l]);
         free(s->v_cache[l]);
@@ -118,25 +114,19 @@ void state_free(state *s) {
     free(s->v_cache);
     free(s->conv_state);
     free(s->rec_state);
-    float *bufs[] = {s->x,  s->xn,     s->mix,    s->qg, s->q,  s->att, s->scores, s->qkv,       s->z,
-                     s->beta, s->decay, s->o,   s->router, s->topk_w, s->sg, s->sh, s->xe, s->eh, s->eu,
-                     s->expert_out, s->expert_w};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
-    free(s->expert_rows);
-    free(s->batch_off);
-    free(s->expert_n);
-    free(s->batch_ids);
-    free(s->topk_id);
-    free(s->times);
+    scratch_buf b[SCRATCH_MAX];
+    int n = scratch_list(s, &m->cfg, (size_t)m->top_k, (size_t)s->chunk, 1, 1, b); /* sizes unused */
+    for (int i = 0; i < n; i++) free(*b[i].at);
     free(s);
 }
 
 void state_reset(state *s) {
     const model_config *c = &s->m->cfg;
-    size_t key_dim = (size_t)c->lin_k_heads * c->lin_k_dim, value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
+    size_t kv_row, conv, rec;
+    cache_sizes(c, &kv_row, &conv, &rec);
     for (int l = 0; l < c->n_layers; l++) {
-        if (s->conv_state[l]) memset(s->conv_state[l], 0, sizeof(float) * (size_t)(c->conv_kernel - 1) * (2 * key_dim + value_dim));
-        if (s->rec_state[l]) memset(s->rec_state[l], 0, sizeof(float) * (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim);
+        if (s->conv_state[l]) memset(s->conv_state[l], 0, sizeof(float) * conv);
+        if (s->rec_state[l]) memset(s->rec_state[l], 0, sizeof(float) * rec);
     }
     s->pos = 0; /* the KV cache beyond pos is never read */
 }
@@ -150,10 +140,9 @@ int state_copy(state *dst, const state *src, char *err, size_t errlen) {
                  src->pos, dst->max_ctx);
         return -1;
     }
-    size_t kv = (size_t)src->pos * c->n_kv_heads * c->head_dim;
-    size_t key_dim = (size_t)c->lin_k_heads * c->lin_k_dim, value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
-    size_t conv = (size_t)(c->conv_kernel - 1) * (2 * key_dim + value_dim);
-    size_t rec = (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
+    size_t kv_row, conv, rec;
+    cache_sizes(c, &kv_row, &conv, &rec);
+    size_t kv = (size_t)src->pos * kv_row;
     for (int l = 0; l < c->n_layers; l++) {
         if (src->k_cache[l]) {
             memcpy(dst->k_cache[l], src->k_cache[l], sizeof(float) * kv);
@@ -177,8 +166,8 @@ typedef struct {
 static void matmul_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     matmul_job *j = ctx;
-    int r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
-    kernel_matmat_rows(j->Y, j->w, j->X, j->T, r0, r1 < j->w->rows ? r1 : j->w->rows);
+    long r0, r1;
+    if (pool_share(task, j->rows_per_task, j->w->rows, &r0, &r1)) kernel_matmat_rows(j->Y, j->w, j->X, j->T, (int)r0, (int)r1);
 }
 
 void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T) {

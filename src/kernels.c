@@ -457,9 +457,9 @@ typedef struct {
 static void matvec_task(void *arg, int t, int n_tasks) {
     (void)n_tasks;
     const matvec_job *j = arg;
-    int r0 = t * j->rows_per_task, r1 = r0 + j->rows_per_task;
-    if (r1 > j->w->rows) r1 = j->w->rows;
-    if (r0 >= r1) return;
+    long a, b;
+    if (!pool_share(t, j->rows_per_task, j->w->rows, &a, &b)) return;
+    int r0 = (int)a, r1 = (int)b;
     if (!j->ops) kernel_matvec_rows_ref(j->y, j->w, j->x, r0, r1);
     else if (j->xv) rows_compute(j->ops, j->w, 0, j->w->cols, j->xv, 1, r0, r1, 0,
                                  (rows_out){j->y, (size_t)j->w->rows, 1.0f, 0});

@@ -20,9 +20,9 @@ typedef struct {
 static void gate_up_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     const gate_up_job *j = ctx;
-    int r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
-    if (r1 > j->gate->rows) r1 = j->gate->rows;
-    if (r0 < r1) kernel_swiglu_gate_up(j->h, j->gate, j->up, j->x, r0, r1);
+    long r0, r1;
+    if (pool_share(task, j->rows_per_task, j->gate->rows, &r0, &r1))
+        kernel_swiglu_gate_up(j->h, j->gate, j->up, j->x, (int)r0, (int)r1);
 }
 
 typedef struct {
@@ -34,8 +34,8 @@ typedef struct {
 static void silu_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     const silu_job *j = ctx;
-    size_t a = (size_t)task * j->per, b = a + j->per < j->n ? a + j->per : j->n;
-    if (a < b) kernel_silu_mul(j->h + a, j->h + a, j->u + a, b - a);
+    long a, b;
+    if (pool_share(task, (long)j->per, (long)j->n, &a, &b)) kernel_silu_mul(j->h + a, j->h + a, j->u + a, (size_t)(b - a));
 }
 
 /* Y = down(silu(gate X) * up X) over n rows */
@@ -147,12 +147,13 @@ typedef struct {
 static void accum_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     const accum_job *j = ctx;
-    int k0 = task * j->per, k1 = k0 + j->per < j->H ? k0 + j->per : j->H;
+    long k0, k1;
+    pool_share(task, j->per, j->H, &k0, &k1);
     for (int r = 0; r < j->rows; r++) {
         float wt = j->s->expert_w[r];
         const float *y = j->s->expert_out + (size_t)r * j->H;
         float *o = j->out + (size_t)j->s->expert_rows[r] * j->H;
-        for (int k = k0; k < k1; k++) o[k] += wt * y[k];
+        for (long k = k0; k < k1; k++) o[k] += wt * y[k];
     }
 }
 

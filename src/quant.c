@@ -166,7 +166,9 @@ typedef struct {
 static void quant_task(void *arg, int task, int n_tasks) {
     (void)n_tasks;
     const quant_job *j = arg;
-    int r0 = task * j->rows_per_task, n = j->rows - r0 < j->rows_per_task ? j->rows - r0 : j->rows_per_task;
+    long r0, r1;
+    if (!pool_share(task, j->rows_per_task, j->rows, &r0, &r1)) return;
+    int n = (int)(r1 - r0);
     size_t e0 = (size_t)r0 * j->cols; /* rows start on word and group boundaries (cols % 32 == 0) */
     quant_rows(j->t, j->how, j->x + e0, n, j->cols, j->group, j->words + quant_words(j->t, e0),
                j->scales + e0 / j->group, j->biases + e0 / j->group);

@@ -22,4 +22,11 @@ void pool_free(pool *p);
 int pool_size(const pool *p);
 void pool_run(pool *p, pool_task_fn fn, void *ctx, int n_tasks);
 
+/* Task `task`'s share [*a, *b) of n items dealt `per` to a task; 0 if it is empty. */
+static inline int pool_share(int task, long per, long n, long *a, long *b) {
+    *a = task * per;
+    *b = *a + per < n ? *a + per : n;
+    return *a < *b;
+}
+
 #endif
