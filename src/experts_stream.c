@@ -214,7 +214,10 @@ expert_source *experts_open_stream(const char *dir, const checkpoint *ck, const 
         pc.quiet = 1; /* the main engine has said so if io_uring is refused */
         pc.queue_depth = o->top_k > 128 ? 4096 : 32 * o->top_k;
         pc.window = 0;
-        if (!(s->pf_io = expert_io_create(&pc, err, errlen))) goto bad;
+        if (!(s->pf_io = expert_io_create(&pc, err, errlen))) {
+            if (o->prefetch != 2) goto bad;
+            fprintf(stderr, "flashmoe: reading experts without prefetch: %s\n", err); /* it was optional */
+        }
     }
     if (s->packed ? open_packed(s, dir, c, err, errlen) : open_hf(s, ck, c, err, errlen)) goto bad;
     expert_cache_config cc = {.n_layers = c->n_layers, .n_experts = c->n_experts, .working = o->top_k,
