@@ -105,7 +105,9 @@ typedef struct {
  * P[k * GEMM_MR + i] = W[rb + i][kb + k], each run against tiles of X rows by a level's tile function. */
 #define GEMM_MR 16  /* weight rows per panel */
 #define GEMM_KC 256 /* columns per panel: 16 KB of f32, in L1 */
+#ifndef GEMM_NB
 #define GEMM_NB 96  /* activation rows per pass (a multiple of every tile height): their GEMM_KC columns stay in L2 */
+#endif
 /* Y[j][0..nr) (+ if !first)= sum_k X[k * rows + j] * P[k * GEMM_MR + 0..nr) for the tile's rows j < rows
  * (X packed `rows` values per k), Y rows ldy apart. */
 typedef void (*kernel_gemm_tile)(int rows, const float *P, int kc, const float *X, float *Y, size_t ldy, int nr,
