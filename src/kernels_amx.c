@@ -124,9 +124,9 @@ static void pack_x(uint8_t *alo, uint8_t *ahi, float *xd, float *xs, const float
                 m = _mm512_max_ps(m, _mm512_and_ps(v, absmask));
                 sum = _mm512_add_ps(sum, v);
             }
-            float mx = _mm512_reduce_max_ps(m);
-            __m512 inv = _mm512_set1_ps(mx > 0.0f ? 32767.0f / mx : 0.0f);
-            xd[(j - j0) * AMX_MAXG + g] = mx / 32767.0f;
+            float inv1;
+            int16_step(_mm512_reduce_max_ps(m), &xd[(j - j0) * AMX_MAXG + g], &inv1);
+            __m512 inv = _mm512_set1_ps(inv1);
             xs[(j - j0) * AMX_MAXG + g] = _mm512_reduce_add_ps(sum);
             for (int c = g * group; c < (g + 1) * group; c += 16) {
                 __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + c), inv));

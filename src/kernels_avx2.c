@@ -300,9 +300,7 @@ void kernel_quant_x16_avx2(const float *x, int n, int group, int qp, int16_t *xq
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_movehdup_ps(h));
-        float mx = _mm_cvtss_f32(h);
-        xd[g] = mx / 32767.0f;
-        inv[g] = mx > 0.0f ? 32767.0f / mx : 0.0f;
+        int16_step(_mm_cvtss_f32(h), &xd[g], &inv[g]);
     }
     int16_t tb[KERNEL_QLANES * 8];
     for (int e = 0; e < n; e += block) {

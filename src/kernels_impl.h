@@ -176,4 +176,12 @@ const kernel_ops *kernel_ops_amx(void);
 /* Helpers shared by the SIMD files. Values per lane: 32 / bits, except Q3 packs 8 values in 3 bytes. */
 static inline int quant_pack(int bits) { return bits == 3 ? 8 : 32 / bits; }
 
+/* The int16 path's rounding of one group of x whose largest |x| is mx (see the top): its step d, and the
+ * factor inv with xq = round(x * inv). Every kernel that rounds x this way (kernel_uses_int16_x) takes it
+ * from here, so that the tests' bound holds for all of them. */
+static inline void int16_step(float mx, float *d, float *inv) {
+    *d = mx / 32767.0f;
+    *inv = mx > 0.0f ? 32767.0f / mx : 0.0f;
+}
+
 #endif
