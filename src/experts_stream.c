@@ -13,7 +13,9 @@
  * bandwidth, and make the experts of a layer arrive one after another, each computed while the next are
  * read (with the whole layer in flight they all arrived together at the end; measured on the 35B q4
  * geometry under a 4 GiB cap: io wait per token 200 -> 171 ms, 4 alternating pairs). */
+#ifndef STREAM_IO_WINDOW
 #define STREAM_IO_WINDOW 2
+#endif
 
 typedef struct {
     int fd;
