@@ -30,6 +30,13 @@ check() {
 
 # ---- through a pipe ----
 
+# /stats says how the experts are read: mapped (the default for a model that fits), or direct with the
+# cache's hit rate and, since prefetch is on by default there, the prediction's
+printf 'Hello\n/stats\n' | "$BIN" chat $OPTS 2>/dev/null >"$tmp/st_map"
+check chat_stats_experts_mmap grep -q '^experts: --io mmap' "$tmp/st_map"
+printf 'Hello\n/stats\n' | "$BIN" chat $OPTS --io direct --cache-mb 1 2>/dev/null >"$tmp/st_dir"
+check chat_stats_experts_direct grep -q '^experts: --io direct, [0-9.]* GB read, cache hits [0-9.]*% of [0-9]*; prefetch: next-layer prediction right for [0-9.]*% of experts' "$tmp/st_dir"
+
 # numbers of the speed line vary from run to run
 norm() { sed 's/[0-9.]* tok\/s/N tok\/s/g'; }
 
