@@ -744,6 +744,27 @@ static void test_cache_budget(void) {
     }
 }
 
+/* A rig for the prefetch tests: the main engine (backend b) with the fixture open in r->loc, and a
+ * prefetch engine (read failures injected through fail_env, if set) with the fixture registered.
+ * Returns the prefetch engine, or NULL (everything freed) if either engine could not be made. */
+static expert_io *prefetch_rig(cache_rig *r, expert_io_backend b, const char *fail_env) {
+    char err[512];
+    expert_io_config pc = {.backend = b, .mode = EXPERT_IO_DIRECT, .chunk_bytes = SMALL_CHUNK, .threads = 4,
+                           .queue_depth = 64, .quiet = 1, .fail_env = fail_env};
+    expert_io *pf = expert_io_create(&pc, err, sizeof err);
+    CHECK(pf != NULL, "prefetch engine: %s", err);
+    memset(r, 0, sizeof *r);
+    r->io = engine_make(b, EXPERT_IO_DIRECT, SMALL_CHUNK);
+    if (!pf || !r->io) {
+        expert_io_free(pf);
+        rig_free(r);
+        return NULL;
+    }
+    r->loc = (locate_ctx){expert_io_open(r->io, g_fx.path, err, sizeof err), 8, 0};
+    CHECK(expert_io_register(pf, r->loc.fd, g_fx.path, err, sizeof err) == 0, "%s", err);
+    return pf;
+}
+
 /* Prefetch through a second engine: predicted experts become hits with the right bytes, a prediction
  * made during a layer starts once that layer has its reads, and a failed prefetch read only costs a miss. */
 static void test_cache_prefetch(void) {
@@ -751,22 +772,10 @@ static void test_cache_prefetch(void) {
     for (int b = 0; b < 2; b++)
         for (int fail = 0; fail < 2; fail++) {
             if (fail) setenv("FLASHMOE_TEST_PREFETCH_FAIL", "1", 1);
-            expert_io_config pc = {.backend = (expert_io_backend)b, .mode = EXPERT_IO_DIRECT,
-                                   .chunk_bytes = SMALL_CHUNK, .threads = 4, .queue_depth = 64, .quiet = 1,
-                                   .fail_env = "FLASHMOE_TEST_PREFETCH_FAIL"};
-            expert_io *pf = expert_io_create(&pc, err, sizeof err);
-            unsetenv("FLASHMOE_TEST_PREFETCH_FAIL");
-            CHECK(pf != NULL, "prefetch engine: %s", err);
             cache_rig r;
-            memset(&r, 0, sizeof r);
-            r.io = engine_make((expert_io_backend)b, EXPERT_IO_DIRECT, SMALL_CHUNK);
-            if (!pf || !r.io) {
-                expert_io_free(pf);
-                rig_free(&r);
-                continue;
-            }
-            r.loc = (locate_ctx){expert_io_open(r.io, g_fx.path, err, sizeof err), 8, 0};
-            CHECK(expert_io_register(pf, r.loc.fd, g_fx.path, err, sizeof err) == 0, "%s", err);
+            expert_io *pf = prefetch_rig(&r, (expert_io_backend)b, "FLASHMOE_TEST_PREFETCH_FAIL");
+            unsetenv("FLASHMOE_TEST_PREFETCH_FAIL");
+            if (!pf) continue;
             expert_cache_config cfg = {.n_layers = 8, .n_experts = 8, .working = 4, .budget_bytes = 4 * (size_t)REC,
                                        .slot_bytes = REC, .locate = locate_record, .locate_ctx = &r.loc,
                                        .prefetch_io = pf};
@@ -824,20 +833,9 @@ static void test_cache_prefetch_fit(void) {
     CHECK(expert_cache_prefetch_count(1.0, 1e9, 1 << 20, 8) == 8, "a long window reads the whole prediction");
     char err[512];
     for (int room = 0; room < 2; room++) {
-        expert_io_config pc = {.backend = EXPERT_IO_THREADS, .mode = EXPERT_IO_DIRECT, .chunk_bytes = SMALL_CHUNK,
-                               .threads = 4, .queue_depth = 64, .quiet = 1};
-        expert_io *pf = expert_io_create(&pc, err, sizeof err);
         cache_rig r;
-        memset(&r, 0, sizeof r);
-        r.io = engine_make(EXPERT_IO_THREADS, EXPERT_IO_DIRECT, SMALL_CHUNK);
-        CHECK(pf && r.io, "engines: %s", err);
-        if (!pf || !r.io) {
-            expert_io_free(pf);
-            rig_free(&r);
-            continue;
-        }
-        r.loc = (locate_ctx){expert_io_open(r.io, g_fx.path, err, sizeof err), 8, 0};
-        CHECK(expert_io_register(pf, r.loc.fd, g_fx.path, err, sizeof err) == 0, "%s", err);
+        expert_io *pf = prefetch_rig(&r, EXPERT_IO_THREADS, NULL);
+        if (!pf) continue;
         expert_cache_config cfg = {.n_layers = 8, .n_experts = 8, .working = 4,
                                    .budget_bytes = (size_t)(room ? 4 : 3) * REC, .slot_bytes = REC,
                                    .locate = locate_record, .locate_ctx = &r.loc, .prefetch_io = pf,
