@@ -582,16 +582,19 @@ static void chat_stats(chat *c) {
     uint64_t asked = st.hits + st.misses;
     if (!strcmp(st.mode, "mmap"))
         printf("experts: --io mmap (mapped; the page cache holds them)\n");
-    else
-        printf("experts: --io %s, %.2f GB read, cache hits %.1f%% of %llu%s", st.mode, st.bytes_read / 1e9,
-               asked ? 100.0 * st.hits / asked : 0.0, (unsigned long long)asked, st.predicted_asked ? "; " : "\n");
-    if (strcmp(st.mode, "mmap") && st.predicted_asked) {
-        printf("prefetch: next-layer prediction right for %.1f%% of experts, ", 100.0 * st.predicted_right / st.predicted_asked);
-        if (st.prefetched)
-            printf("%.1f%% of the %llu read ahead used\n", 100.0 * st.prefetch_used / st.prefetched,
-                   (unsigned long long)st.prefetched);
-        else
-            printf("none read ahead (the predicted ones were resident)\n");
+    else {
+        printf("experts: --io %s, %.2f GB read, cache hits %.1f%% of %llu", st.mode, st.bytes_read / 1e9,
+               asked ? 100.0 * st.hits / asked : 0.0, (unsigned long long)asked);
+        if (st.predicted_asked) {
+            printf("; prefetch: next-layer prediction right for %.1f%% of experts, ",
+                   100.0 * st.predicted_right / st.predicted_asked);
+            if (st.prefetched)
+                printf("%.1f%% of the %llu read ahead used", 100.0 * st.prefetch_used / st.prefetched,
+                       (unsigned long long)st.prefetched);
+            else
+                printf("none read ahead (the predicted ones were resident)");
+        }
+        printf("\n");
     }
     printf("sampling: temp %g, top-k %d, top-p %g, min-p %g, repeat-penalty %g, presence-penalty %g, "
            "frequency-penalty %g, seed %llu\n",

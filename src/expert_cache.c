@@ -336,11 +336,14 @@ int expert_cache_prefetching(const expert_cache *c) { return c->pf_io != NULL; }
 
 static void estimate(double *est, double sample) { *est = *est > 0 ? *est + PF_EST_GAIN * (sample - *est) : sample; }
 
-/* The layer's last read has arrived: the read rate's sample (reads since begin, the disk busy with them). */
-static void reads_done(expert_cache *c) {
+/* One of the layer's reads has arrived. After the last: the read rate's sample (reads since begin, the
+ * disk busy with them) and the time the disk went idle, for prefetch_fit. */
+static void miss_arrived(expert_cache *c, int slot) {
+    c->misses_returned++;
+    c->slots[slot].state = SLOT_READY;
+    if (!c->cfg.prefetch_fit || c->misses_returned < c->n_misses) return;
     double now = util_now_seconds();
-    if (c->n_misses && now > c->t_begin)
-        estimate(&c->read_bps, (double)c->n_misses * (double)c->cfg.slot_bytes / (now - c->t_begin));
+    if (now > c->t_begin) estimate(&c->read_bps, (double)c->n_misses * (double)c->cfg.slot_bytes / (now - c->t_begin));
     c->t_reads_done = now;
 }
 
@@ -493,12 +496,9 @@ int expert_cache_next(expert_cache *c, int *i, const expert_io_req **x, char *er
         loads_drop(c);
         return -1;
     }
-    c->misses_returned++;
     *i = c->req_item[m];
-    cache_slot *s = &c->slots[c->item_slot[*i]];
-    s->state = SLOT_READY;
-    *x = &s->x;
-    if (c->cfg.prefetch_fit && c->misses_returned == c->n_misses) reads_done(c);
+    miss_arrived(c, c->item_slot[*i]);
+    *x = &c->slots[c->item_slot[*i]].x;
     if (c->pf_io) pf_start(c); /* the disk is free once the layer has all its reads */
     return 1;
 }
@@ -511,9 +511,7 @@ void expert_cache_end(expert_cache *c) {
             loads_drop(c);
             break;
         }
-        c->misses_returned++;
-        c->slots[c->item_slot[c->req_item[m]]].state = SLOT_READY;
-        if (c->cfg.prefetch_fit && c->misses_returned == c->n_misses) reads_done(c);
+        miss_arrived(c, c->item_slot[c->req_item[m]]);
     }
     for (int i = 0; i < c->n; i++) slot_unpin(c, c->item_slot[i]);
     c->active = 0;

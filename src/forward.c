@@ -21,6 +21,18 @@ static void cache_sizes(const model_config *c, size_t *kv_row, size_t *conv, siz
     *rec = (size_t)c->lin_v_heads * c->lin_k_dim * c->lin_v_dim;
 }
 
+/* Layer l's two state buffers (K and V cache, or conv window and recurrent state), in floats. */
+static void layer_bufs(const model_config *c, int l, size_t max_ctx, size_t *na, size_t *nb) {
+    size_t kv_row, conv, rec;
+    cache_sizes(c, &kv_row, &conv, &rec);
+    int attn = c->layer_types[l] == LAYER_FULL_ATTENTION;
+    *na = attn ? max_ctx * kv_row : conv;
+    *nb = attn ? max_ctx * kv_row : rec;
+}
+
+/* calloc that never asks for 0 bytes (a buffer of a dimension the model lacks still gets a pointer) */
+static int zcalloc(void **p, size_t n, size_t size) { return (*p = calloc(n ? n : 1, size)) != NULL; }
+
 /* The state's scratch buffers: where each one's pointer lives in s, its count and element size. One list
  * serves state_bytes (with a throwaway s), state_create and state_free. */
 typedef struct {
@@ -54,10 +66,12 @@ static int scratch_list(state *s, const model_config *c, size_t K, size_t C, siz
 }
 
 size_t state_bytes(const model_config *c, int top_k, int chunk, int threads, int max_ctx) {
-    size_t kv_row, conv, rec, L = (size_t)c->n_layers, bytes = sizeof(state) + 4 * L * sizeof(float *);
-    cache_sizes(c, &kv_row, &conv, &rec);
-    for (size_t l = 0; l < L; l++)
-        bytes += sizeof(float) * (c->layer_types[l] == LAYER_FULL_ATTENTION ? 2 * (size_t)max_ctx * kv_row : conv + rec);
+    size_t L = (size_t)c->n_layers, bytes = sizeof(state) + 4 * L * sizeof(float *);
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t na, nb;
+        layer_bufs(c, l, (size_t)max_ctx, &na, &nb);
+        bytes += sizeof(float) * (na + nb);
+    }
     state tmp;
     scratch_buf b[SCRATCH_MAX];
     int n = scratch_list(&tmp, c, (size_t)top_k, (size_t)(chunk > 0 ? chunk : 1), (size_t)(threads > 1 ? threads : 1),
@@ -74,24 +88,21 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     s->max_ctx = max_ctx;
     s->chunk = m->prefill_chunk > 0 ? m->prefill_chunk : 1;
     int ok = 1, L = c->n_layers;
-    size_t kv_row, conv, rec;
-    cache_sizes(c, &kv_row, &conv, &rec);
     s->k_cache = calloc((size_t)L, sizeof(float *));
     s->v_cache = calloc((size_t)L, sizeof(float *));
     s->conv_state = calloc((size_t)L, sizeof(float *));
     s->rec_state = calloc((size_t)L, sizeof(float *));
     if (!s->k_cache || !s->v_cache || !s->conv_state || !s->rec_state) goto oom;
     for (int l = 0; l < L; l++) {
-        float **a = c->layer_types[l] == LAYER_FULL_ATTENTION ? &s->k_cache[l] : &s->conv_state[l];
-        float **b = c->layer_types[l] == LAYER_FULL_ATTENTION ? &s->v_cache[l] : &s->rec_state[l];
-        size_t na = c->layer_types[l] == LAYER_FULL_ATTENTION ? (size_t)max_ctx * kv_row : conv;
-        size_t nb = c->layer_types[l] == LAYER_FULL_ATTENTION ? (size_t)max_ctx * kv_row : rec;
-        ok &= (*a = calloc(na ? na : 1, sizeof(float))) != NULL;
-        ok &= (*b = calloc(nb ? nb : 1, sizeof(float))) != NULL;
+        int attn = c->layer_types[l] == LAYER_FULL_ATTENTION;
+        size_t na, nb;
+        layer_bufs(c, l, (size_t)max_ctx, &na, &nb);
+        ok &= zcalloc((void **)(attn ? &s->k_cache[l] : &s->conv_state[l]), na, sizeof(float));
+        ok &= zcalloc((void **)(attn ? &s->v_cache[l] : &s->rec_state[l]), nb, sizeof(float));
     }
     scratch_buf b[SCRATCH_MAX];
     int n = scratch_list(s, c, (size_t)m->top_k, (size_t)s->chunk, (size_t)pool_size(m->pool), (size_t)max_ctx, b);
-    for (int i = 0; i < n; i++) ok &= (*b[i].at = calloc(b[i].n ? b[i].n : 1, b[i].size)) != NULL;
+    for (int i = 0; i < n; i++) ok &= zcalloc(b[i].at, b[i].n, b[i].size);
     if (!ok) goto oom;
     return s;
 oom:
