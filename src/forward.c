@@ -187,10 +187,9 @@ void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T
         return;
     }
     /* one task per thread: each task prepares (quantizes, reorders) the T activation rows again */
-    int threads = pool_size(s->m->pool), per = (w->rows + threads - 1) / threads;
-    per = (per + 15) / 16 * 16;
-    matmul_job j = {Y, w, X, T, per};
-    pool_run(s->m->pool, matmul_task, &j, (w->rows + per - 1) / per);
+    int tasks;
+    matmul_job j = {Y, w, X, T, (int)pool_per(w->rows, pool_size(s->m->pool), 16, &tasks)};
+    pool_run(s->m->pool, matmul_task, &j, tasks);
 }
 
 /* T consecutive positions (T <= chunk) through every layer; logits (if non-NULL) receive the scores of

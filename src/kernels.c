@@ -473,17 +473,15 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
         return;
     }
     /* About 4 tasks per thread so a thread slowed by a neighbour does not hold up the call. */
-    int chunks = threads * 4;
-    int per = (w->rows + chunks - 1) / chunks;
-    per = (per + 15) / 16 * 16;
-    matvec_job j = {active_ops(w), y, w, x, NULL, per};
+    int tasks;
+    matvec_job j = {active_ops(w), y, w, x, NULL, (int)pool_per(w->rows, threads * 4, 16, &tasks)};
     xscratch s;
     kernel_xview xv;
     if (j.ops && chunk_cols(w->cols, 1) == w->cols) { /* prepare x once, not per task */
         xview_prepare(j.ops, w, x, 0, w->cols, &s, 0, 1, &xv);
         j.xv = &xv;
     }
-    pool_run(p, matvec_task, &j, (w->rows + per - 1) / per);
+    pool_run(p, matvec_task, &j, tasks);
 }
 
 /* ---- the arithmetic peak ----------------------------------------------------------------------- */

@@ -42,18 +42,18 @@ static void silu_task(void *ctx, int task, int n_tasks) {
 static void swiglu_mlp(state *s, const qmat *gate, const qmat *up, const qmat *down, const float *X, int n, float *Y) {
     int inter = gate->rows;
     if (n == 1) { /* decoding: the fused kernel prepares x once for gate and up, one task per thread */
-        int threads = pool_size(s->m->pool);
-        gate_up_job j = {s->eh, gate, up, X, (inter + threads - 1) / threads};
-        pool_run(s->m->pool, gate_up_task, &j, threads);
+        int tasks;
+        gate_up_job j = {s->eh, gate, up, X, (int)pool_per(inter, pool_size(s->m->pool), 1, &tasks)};
+        pool_run(s->m->pool, gate_up_task, &j, tasks);
         state_matmul(s, Y, down, s->eh, 1);
         return;
     }
     state_matmul(s, s->eh, gate, X, n);
     state_matmul(s, s->eu, up, X, n);
-    int threads = pool_size(s->m->pool); /* silu(gate) * up, elementwise: split across the threads */
-    size_t total = (size_t)n * inter, per = (total + (size_t)threads - 1) / (size_t)threads;
-    silu_job sj = {s->eh, s->eu, total, (per + 7) / 8 * 8};
-    pool_run(s->m->pool, silu_task, &sj, (int)((total + sj.per - 1) / sj.per));
+    int tasks; /* silu(gate) * up, elementwise: split across the threads */
+    size_t total = (size_t)n * inter;
+    silu_job sj = {s->eh, s->eu, total, (size_t)pool_per((long)total, pool_size(s->m->pool), 8, &tasks)};
+    pool_run(s->m->pool, silu_task, &sj, tasks);
     state_matmul(s, Y, down, s->eh, n);
 }
 
@@ -182,8 +182,9 @@ static int finish_batch(state *s, int layer, const float *xn, int nb, float *out
         accum_job aj = {s, out, rows, H, H};
         accum_task(&aj, 0, 1);
     } else {
-        accum_job aj = {s, out, rows, H, (H + threads - 1) / threads};
-        pool_run(m->pool, accum_task, &aj, (H + aj.per - 1) / aj.per);
+        int tasks;
+        accum_job aj = {s, out, rows, H, (int)pool_per(H, threads, 1, &tasks)};
+        pool_run(m->pool, accum_task, &aj, tasks);
     }
     return 0;
 }

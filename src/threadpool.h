@@ -22,6 +22,15 @@ void pool_free(pool *p);
 int pool_size(const pool *p);
 void pool_run(pool *p, pool_task_fn fn, void *ctx, int n_tasks);
 
+/* n items dealt to at most `tasks` tasks in shares of a multiple of `align` items (the last one shorter):
+ * the share, and in *n_tasks how many tasks that makes (0 for no items). */
+static inline long pool_per(long n, int tasks, long align, int *n_tasks) {
+    long per = (n + tasks - 1) / tasks;
+    per = per > 0 ? (per + align - 1) / align * align : align;
+    *n_tasks = (int)((n + per - 1) / per);
+    return per;
+}
+
 /* Task `task`'s share [*a, *b) of n items dealt `per` to a task; 0 if it is empty. */
 static inline int pool_share(int task, long per, long n, long *a, long *b) {
     *a = task * per;
