@@ -17,7 +17,7 @@ trap 'rm -rf "$dir"' EXIT
 file=$dir/experts.bin
 results=$dir/results
 
-${CC:-cc} -O2 -std=c11 -Wall -Wextra -D_GNU_SOURCE -pthread -Isrc bench/io_bench.c src/expert_io.c \
+${CC:-cc} -O2 -std=c11 -Wall -Wextra -D_GNU_SOURCE -pthread -Isrc bench/io_bench.c src/expert_io.c src/util.c \
     src/expert_cache.c -o "$dir/io_bench" -luring
 echo "writing a $gib GiB file of random bytes in $dir ..." >&2
 "$dir/io_bench" create "$file" $((gib * 1024))

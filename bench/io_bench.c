@@ -5,7 +5,10 @@
  *     --mode cached|direct  --backend threads|uring  --record MiB (4) | --record-kib KiB  --k N (8)  --bytes MiB (2048)
  *     --threads N  --qd N  --chunk KiB  --seed S  --budget MiB (read through expert_cache with
  *     this budget instead of the bare engine)  --small-pages 1 (buffers of 4 KiB pages, plain
- *     posix_memalign, instead of expert_io_buffer_alloc's huge pages)
+ *     posix_memalign, instead of expert_io_buffer_alloc's huge pages)  --window N (the engine's
+ *     window, 0: the whole batch)  --gap-us N (the CPU spins this long between batches, as a layer's
+ *     mixer computes between its MoE reads)  --compute-us N (spins this long on each record as it
+ *     arrives, as the experts compute)
  *
  * Each record is read at most once per run (a random permutation), so a cold page cache stays cold.
  * Prints one line: backend, mode, sizes, seconds, GB/s (10^9 bytes per second), time spent waiting. */
@@ -32,6 +35,14 @@ static uint64_t rng_next(uint64_t *s) {
     *s ^= *s >> 7;
     *s ^= *s << 17;
     return *s;
+}
+
+/* Keeps the CPU busy for us microseconds (the compute the engine overlaps reads with). */
+static void spin(long us) {
+    if (us <= 0) return;
+    double end = now_s() + (double)us * 1e-6;
+    while (now_s() < end) {
+    }
 }
 
 static int bench_create(const char *path, long mib) {
@@ -80,6 +91,7 @@ int main(int argc, char **argv) {
     long record_kib = 4096, k = 8, total_mib = 2048, budget_mib = -1;
     uint64_t seed = 1;
     int small_pages = 0;
+    long gap_us = 0, compute_us = 0;
     for (int i = 3; i + 1 < argc; i += 2) {
         const char *o = argv[i], *v = argv[i + 1];
         if (!strcmp(o, "--mode")) cfg.mode = !strcmp(v, "direct") ? EXPERT_IO_DIRECT : EXPERT_IO_CACHED;
@@ -94,6 +106,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(o, "--seed")) seed = (uint64_t)atoll(v) | 1;
         else if (!strcmp(o, "--budget")) budget_mib = atol(v);
         else if (!strcmp(o, "--small-pages")) small_pages = atoi(v);
+        else if (!strcmp(o, "--window")) cfg.window = atoi(v);
+        else if (!strcmp(o, "--gap-us")) gap_us = atol(v);
+        else if (!strcmp(o, "--compute-us")) compute_us = atol(v);
         else {
             fprintf(stderr, "io_bench: unknown option %s\n", o);
             return 2;
@@ -155,23 +170,29 @@ int main(int argc, char **argv) {
             const expert_io_req *x;
             if (expert_cache_begin(cache, 0, ex, (int)k, err, sizeof err) < 0) goto fail;
             while ((rc = expert_cache_next(cache, &i, &x, err, sizeof err)) == 1)
-                sink ^= *(unsigned char *)x->piece[0].dest; /* "compute" on arrival */
+                sink ^= *(unsigned char *)x->piece[0].dest, spin(compute_us); /* "compute" on arrival */
             expert_cache_end(cache);
         } else {
             for (i = 0; i < k; i++)
                 reqs[i] = (expert_io_req){1, {{fd, (uint64_t)ex[i] * record, record, (char *)buf + (size_t)i * record}}};
             if (expert_io_submit(io, reqs, (int)k, err, sizeof err) < 0) goto fail;
-            while ((rc = expert_io_wait_any(io, &i, err, sizeof err)) == 1) sink ^= ((unsigned char *)buf)[(size_t)i * record];
+            while ((rc = expert_io_wait_any(io, &i, err, sizeof err)) == 1)
+                sink ^= ((unsigned char *)buf)[(size_t)i * record], spin(compute_us);
         }
         if (rc < 0) goto fail;
+        spin(gap_us);
     }
     double dt = now_s() - t0;
     expert_io_stats s;
     expert_io_stats_get(io, &s);
     double bytes = (double)n_reads * (double)record;
-    printf("expert_io backend=%s mode=%s%s k=%ld record=%ldKiB reads=%ld seconds=%.3f GB/s=%.2f wait=%.0f%%\n",
+    /* reading time: the run less the gaps, in which nothing is in flight */
+    double dr = dt - (double)(n_reads / k) * (double)gap_us * 1e-6;
+    printf("expert_io backend=%s mode=%s%s k=%ld record=%ldKiB window=%d gap=%ldus compute=%ldus reads=%ld "
+           "seconds=%.3f GB/s=%.2f reading_rate=%.2f wait=%.0f%%\n",
            expert_io_backend_name(expert_io_backend_used(io)), cfg.mode == EXPERT_IO_DIRECT ? "direct" : "cached",
-           cache ? "+cache" : "", k, record_kib, n_reads, dt, bytes / dt / 1e9, 100.0 * (double)s.wait_ns / 1e9 / dt);
+           cache ? "+cache" : "", k, record_kib, cfg.window, gap_us, compute_us, n_reads, dt, bytes / dt / 1e9,
+           bytes / dr / 1e9, 100.0 * (double)s.wait_ns / 1e9 / dt);
     expert_cache_free(cache);
     expert_io_free(io);
     if (small_pages)

@@ -13,7 +13,12 @@
  * Prefill has its own floor: the larger of its arithmetic (multiply-adds per prompt token, counted from
  * the model's shapes, over the multiply-add peak of all threads at the kernel level in use, measured in
  * the same run: kernel_peak_mac_rate) and the bytes it
- * read from the block device per prompt token over the disk bandwidth. */
+ * read from the block device per prompt token over the disk bandwidth.
+ *
+ * Where decoding falls short of a disk floor, the device's own counters (diskstat.h) taken around the
+ * decode phase say why: the fraction of the time it had a read in flight, and its read rate while it
+ * did. An idle disk is time the engine did not overlap; a rate below the measured bandwidth is the
+ * device serving this pattern more slowly than the back-to-back batches it was measured with. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +31,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "diskstat.h"
 #include "expert_io.h"
 #include "kernels.h"
 #include "model.h"
@@ -299,6 +305,11 @@ int cmd_bench(int argc, char **argv) {
     int32_t *prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
     double *pre = calloc((size_t)reps, sizeof(double)), *dec = calloc((size_t)reps, sizeof(double));
     double disk_bytes = 0, expert_bytes = 0, pre_disk_bytes = 0, wasted_experts = 0;
+    /* the device's counters over the decode phases (have_dev: the model's directory is on a block device) */
+    diskstat_dev dev;
+    char dev_err[512];
+    int have_dev = diskstat_find("/sys", ea.dir, &dev, dev_err, sizeof dev_err) == 0;
+    double dev_busy = 0, dev_bytes = 0, dec_time = 0;
     if (!s || !logits || !prompt || !pre || !dec) {
         fprintf(stderr, "flashmoe bench: %s\n", s ? "out of memory" : err);
         goto out;
@@ -324,6 +335,8 @@ int cmd_bench(int argc, char **argv) {
         double t1 = util_now_seconds(), io0 = proc_read_bytes();
         pre_disk_bytes += (io0 - io_p) / n_prompt / reps;
         experts_stats_get(m->experts, &st0);
+        diskstat_sample d0, d1;
+        if (have_dev && diskstat_read(&dev, &d0, dev_err, sizeof dev_err)) have_dev = 0;
         for (int t = 0; t < n_gen; t++) {
             int32_t best = 0;
             for (int k = 1; k < m->cfg.vocab_size; k++)
@@ -332,6 +345,12 @@ int cmd_bench(int argc, char **argv) {
         }
         double t2 = util_now_seconds();
         experts_stats_get(m->experts, &st1);
+        if (have_dev && diskstat_read(&dev, &d1, dev_err, sizeof dev_err)) have_dev = 0;
+        if (have_dev) {
+            dev_busy += d1.busy_s - d0.busy_s;
+            dev_bytes += d1.read_bytes - d0.read_bytes;
+        }
+        dec_time += t2 - t1;
         pre[r] = n_prompt / (t1 - t0);
         dec[r] = n_gen / (t2 - t1);
         disk_bytes += (proc_read_bytes() - io0) / n_gen / reps;
@@ -373,6 +392,9 @@ int cmd_bench(int argc, char **argv) {
     double pf_hit = st.predicted_asked ? (double)st.predicted_right / st.predicted_asked : 0;
     double pf_top = st.predictions ? (double)st.prediction_top / st.predictions : 0;
     double pf_used = st.prefetched ? (double)st.prefetch_used / st.prefetched : 0;
+    /* the device during decoding, when it read anything then */
+    int dev_report = have_dev && dev_bytes > 0 && dev_busy > 0 && dec_time > 0;
+    double dev_busy_frac = dev_report ? dev_busy / dec_time : 0, dev_rate = dev_report ? dev_bytes / dev_busy : 0;
     if (cg[0]) release_cap(cg, &peak);
     if (json) {
         cJSON *o = cJSON_CreateObject();
@@ -404,6 +426,10 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "prefetch_prediction_hit_rate", pf_hit);
         cJSON_AddNumberToObject(o, "prefetch_top_read", pf_top);
         cJSON_AddNumberToObject(o, "prefetch_used_rate", pf_used);
+        if (dev_report) {
+            cJSON_AddNumberToObject(o, "decode_disk_busy_fraction", dev_busy_frac);
+            cJSON_AddNumberToObject(o, "decode_disk_busy_bw", dev_rate);
+        }
         cJSON_AddNumberToObject(o, "prefill_macs_per_token", pre_macs);
         cJSON_AddNumberToObject(o, "peak_macs_per_s", peak_macs);
         cJSON_AddStringToObject(o, "peak_kind", kernel_peak_name());
@@ -437,6 +463,10 @@ int cmd_bench(int argc, char **argv) {
                    100 * pf_hit, pf_top, 100 * pf_used, wasted_bytes / 1e6);
         printf("decode floor: %.2f tok/s (disk %.1f ms, memory %.1f ms per token); achieved %.0f%% of the floor\n",
                floor_s > 0 ? 1 / floor_s : 0, 1e3 * t_disk, 1e3 * t_mem, 100 * frac);
+        if (dev_report)
+            printf("disk while decoding: a read in flight %.0f%% of the time, %.2f GB/s while one was (the device's "
+                   "counters: %s, other processes' reads included)\n",
+                   100 * dev_busy_frac, dev_rate / 1e9, dev.stat_path);
         printf("prefill floor: %.2f tok/s (compute %.2f G multiply-adds per token at a measured %.1f G/s %s "
                "peak: %.1f ms; disk %.1f MB per token: %.1f ms); achieved %.0f%% of the floor\n",
                pre_floor > 0 ? 1 / pre_floor : 0, pre_macs / 1e9, peak_macs / 1e9, kernel_peak_name(), 1e3 * tp_cpu, pre_disk_bytes / 1e6,

@@ -16,6 +16,9 @@
 #ifndef STREAM_IO_WINDOW
 #define STREAM_IO_WINDOW 2
 #endif
+#ifndef STREAM_IO_CHUNK /* bytes per read call; 0: the engine's default (1 MiB) */
+#define STREAM_IO_CHUNK 0
+#endif
 
 typedef struct {
     int fd;
@@ -205,7 +208,8 @@ expert_source *experts_open_stream(const char *dir, const checkpoint *ck, const 
     s->packed = packed_is_dir(dir);
     expert_io_config ioc = {.backend = o->uring ? EXPERT_IO_URING : EXPERT_IO_THREADS,
                             .mode = o->mode == EXPERTS_IO_DIRECT ? EXPERT_IO_DIRECT : EXPERT_IO_CACHED,
-                            .max_requests = o->top_k, .window = STREAM_IO_WINDOW};
+                            .max_requests = o->top_k, .window = STREAM_IO_WINDOW,
+                            .chunk_bytes = STREAM_IO_CHUNK};
     if (!(s->io = expert_io_create(&ioc, err, sizeof(char) * errlen))) goto bad;
     if (o->prefetch && o->mode == EXPERTS_IO_DIRECT) {
         /* the prefetch engine: the same settings and files (registered: the main engine closes them),

@@ -20,7 +20,9 @@
 
 /* How long an idle worker (and a waiting caller) spins before sleeping (yielding): long enough to
  * cover the gap between consecutive kernels of one token, short enough not to burn a shared core. */
+#ifndef POOL_SPIN_NS
 #define POOL_SPIN_NS 100000
+#endif
 
 struct pool {
     int n_workers;
