@@ -51,6 +51,9 @@ typedef struct {
 
 struct expert_source {
     const expert_source_ops *ops;
+    /* 1: every expert is in memory and next never waits (the mapped sources), so a caller may take a
+     * whole batch before computing any of it */
+    int immediate;
     /* NULL: no prefetch. 0, or -1 with a message for bad arguments (read failures are not errors) */
     int (*prefetch)(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen);
 };

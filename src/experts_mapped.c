@@ -111,6 +111,7 @@ expert_source *experts_open_mapped(const checkpoint *ck, const model_config *c, 
         return NULL;
     }
     m->base.ops = &mapped_ops;
+    m->base.immediate = 1;
     m->n_layers = c->n_layers;
     m->n_experts = c->n_experts;
     if (experts_table_build(m->table, ck, c, err, errlen)) {
@@ -132,6 +133,7 @@ expert_source *experts_open_mapped_packed(const char *dir, const model_config *c
     mapped_source *m = calloc(1, sizeof *m);
     if (m) {
         m->base.ops = &mapped_ops;
+        m->base.immediate = 1;
         m->n_layers = c->n_layers;
         m->n_experts = c->n_experts;
         m->table = calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof *m->table);

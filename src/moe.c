@@ -4,7 +4,8 @@
  * applied to all the rows routed to it (a prompt chunk of 512 tokens touches most experts, each read once
  * instead of once per token). Experts are asked for in ascending id, at most K at a time (the sources'
  * working set), and their outputs are summed in ascending expert order whatever order the reads complete
- * in, so that results do not depend on I/O timing. */
+ * in, so that results do not depend on I/O timing. Decoding from a mapped source (every expert in memory),
+ * the token's experts are computed together: two dispatches for all of them instead of two per expert. */
 #include <math.h>
 #include <string.h>
 
@@ -157,24 +158,76 @@ static void accum_task(void *ctx, int task, int n_tasks) {
     }
 }
 
+/* A batch of experts with one row each, from a source whose experts are all in memory (decoding, mapped):
+ * all of them taken first, then every gate/up in one dispatch and every down in another, the tasks being
+ * (expert, share of its rows), instead of two dispatches per expert. Each row is computed exactly as
+ * swiglu_mlp computes it, so the outputs are the same. */
+typedef struct {
+    state *s;
+    const float *xn;
+    int chunks;          /* shares per expert */
+    long per_gu, per_dn; /* rows per share of gate/up and of down */
+    int down;            /* 0: h_b = silu(gate_b x_b) * (up_b x_b); 1: out_b = down_b h_b */
+} group_job;
+
+/* task = expert b of the batch x share c of its rows */
+static void group_task(void *ctx, int task, int n_tasks) {
+    (void)n_tasks;
+    const group_job *j = ctx;
+    const state *s = j->s;
+    int b = task / j->chunks, H = s->m->cfg.hidden_size, inter = s->views[b].gate.rows;
+    const expert_view *v = &s->views[b];
+    float *h = s->eh + (size_t)b * inter;
+    long r0, r1;
+    if (!j->down && pool_share(task % j->chunks, j->per_gu, inter, &r0, &r1))
+        kernel_swiglu_gate_up(h, &v->gate, &v->up, j->xn + (size_t)s->expert_rows[s->batch_off[b]] * H, (int)r0,
+                              (int)r1);
+    if (j->down && pool_share(task % j->chunks, j->per_dn, v->down.rows, &r0, &r1))
+        kernel_matvec_rows(s->expert_out + (size_t)s->batch_off[b] * H, &v->down, h, (int)r0, (int)r1);
+}
+
+static int compute_batch_grouped(state *s, int layer, const float *xn, int nb, double *t, char *err, size_t errlen) {
+    const model *m = s->m;
+    int i, rc, threads = pool_size(m->pool);
+    expert_view v;
+    while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) s->views[i] = v;
+    state_tick(s, layer, T_IO_WAIT, t);
+    if (rc == 0 && nb > 0) {
+        /* about two tasks per thread over the batch, so that the last one to finish is short */
+        int chunks = (2 * threads + nb - 1) / nb, tasks;
+        group_job j = {s, xn, chunks, pool_per(s->views[0].gate.rows, chunks, 16, &tasks),
+                       pool_per(s->views[0].down.rows, chunks, 16, &tasks), 0};
+        pool_run(m->pool, group_task, &j, nb * chunks);
+        j.down = 1;
+        pool_run(m->pool, group_task, &j, nb * chunks);
+        state_tick(s, layer, T_EXPERTS, t);
+    }
+    experts_end(m->experts);
+    return rc;
+}
+
 /* Computes each expert of the batch (reads started by experts_begin) on its rows as it arrives, then
  * adds the weighted outputs into out in ascending expert order. */
 static int finish_batch(state *s, int layer, const float *xn, int nb, float *out, double *t, char *err,
                         size_t errlen) {
     const model *m = s->m;
     int H = m->cfg.hidden_size, i, rc;
-    expert_view v;
-    while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) {
+    if (m->experts->immediate && s->batch_off[nb] == nb) {
+        if (compute_batch_grouped(s, layer, xn, nb, t, err, errlen)) return -1;
+    } else {
+        expert_view v;
+        while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) {
+            state_tick(s, layer, T_IO_WAIT, t);
+            int n = s->expert_n[s->batch_ids[i]], at = s->batch_off[i];
+            const int *rows = s->expert_rows + at;
+            for (int r = 0; r < n; r++) memcpy(s->xe + (size_t)r * H, xn + (size_t)rows[r] * H, sizeof(float) * H);
+            swiglu_mlp(s, &v.gate, &v.up, &v.down, s->xe, n, s->expert_out + (size_t)at * H);
+            state_tick(s, layer, T_EXPERTS, t);
+        }
+        experts_end(m->experts);
         state_tick(s, layer, T_IO_WAIT, t);
-        int n = s->expert_n[s->batch_ids[i]], at = s->batch_off[i];
-        const int *rows = s->expert_rows + at;
-        for (int r = 0; r < n; r++) memcpy(s->xe + (size_t)r * H, xn + (size_t)rows[r] * H, sizeof(float) * H);
-        swiglu_mlp(s, &v.gate, &v.up, &v.down, s->xe, n, s->expert_out + (size_t)at * H);
-        state_tick(s, layer, T_EXPERTS, t);
+        if (rc) return rc;
     }
-    experts_end(m->experts);
-    state_tick(s, layer, T_IO_WAIT, t);
-    if (rc) return rc;
     /* the batch's rows, expert by expert, ascending; a prompt chunk's split across the threads by columns
      * (every element still gets its additions in the same order) */
     int rows = s->batch_off[nb], threads = pool_size(m->pool);

@@ -135,6 +135,42 @@ static void test_logits_any_prompt_chunk(void) {
         for (int c = 0; c < 3; c++) check_logits(fixtures[i], 1, chunks[c]);
 }
 
+/* Token by token on 3 threads: a mapped source's decode path takes a token's experts together, tasks split
+ * across experts and shares of their rows (moe.c); the logits still match transformers. */
+static void test_logits_token_by_token_threaded(void) {
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 3, 1);
+}
+
+/* Logits of every prompt position, one token per call, with the experts read one by one from disk
+ * (--io direct: each expert computed as it arrives) and mapped (all of a token's experts at once, in two
+ * dispatches): the same rows computed the same way, so the same bits, on 1 and 3 threads. */
+static void test_grouped_experts_same_bits(void) {
+    reference r;
+    if (reference_load(&r, fixtures[0])) return;
+    for (int threads = 1; threads <= 3; threads += 2) {
+        float *out[2];
+        for (int k = 0; k < 2; k++) {
+            char err[1024];
+            model_opts o = {.threads = threads, .prefill_chunk = 1, .io = k ? EXPERTS_IO_DIRECT : EXPERTS_IO_MMAP,
+                            .cache_bytes = (size_t)1 << 20};
+            model *m = model_load(fixtures[0], &o, err, sizeof err);
+            CHECK(m != NULL, "%s", err);
+            out[k] = calloc((size_t)r.n_prompt * r.vocab, sizeof(float));
+            if (!m) continue;
+            CHECK(m->experts->immediate == !k, "mapped source immediate, streaming not");
+            state *s = state_create(m, 256, err, sizeof err);
+            CHECK(model_forward(m, s, r.prompt, r.n_prompt, out[k], 1, err, sizeof err) == 0, "%s", err);
+            state_free(s);
+            model_free(m);
+        }
+        CHECK(memcmp(out[0], out[1], sizeof(float) * (size_t)r.n_prompt * r.vocab) == 0,
+              "threads %d: mapped and streamed logits differ", threads);
+        free(out[0]);
+        free(out[1]);
+    }
+    free(r.logits);
+}
+
 static void test_greedy_matches_transformers(void) {
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_greedy(fixtures[i]);
 }
@@ -274,6 +310,8 @@ int main(void) {
     RUN_TEST(test_logits_match_transformers);
     RUN_TEST(test_logits_match_transformers_threaded);
     RUN_TEST(test_logits_any_prompt_chunk);
+    RUN_TEST(test_logits_token_by_token_threaded);
+    RUN_TEST(test_grouped_experts_same_bits);
     RUN_TEST(test_greedy_matches_transformers);
     RUN_TEST(test_every_kernel_level);
     RUN_TEST(test_fewer_experts_per_token);
