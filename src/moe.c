@@ -160,46 +160,57 @@ static void accum_task(void *ctx, int task, int n_tasks) {
 
 /* A batch of experts with one row each, from a source whose experts are all in memory (decoding, mapped):
  * all of them taken first, then every gate/up in one dispatch and every down in another, the tasks being
- * (expert, share of its rows), instead of two dispatches per expert. Each row is computed exactly as
- * swiglu_mlp computes it, so the outputs are the same. */
+ * (expert, share of its rows), instead of two dispatches per expert; the shared expert, when given, goes
+ * with them (as views[nb], into s->sh). Each row is computed exactly as swiglu_mlp computes it, so the
+ * outputs are the same. */
 typedef struct {
     state *s;
     const float *xn;
+    int nb;              /* routed experts; views[nb] is the shared one if there are more tasks */
     int chunks;          /* shares per expert */
     long per_gu, per_dn; /* rows per share of gate/up and of down */
     int down;            /* 0: h_b = silu(gate_b x_b) * (up_b x_b); 1: out_b = down_b h_b */
 } group_job;
 
-/* task = expert b of the batch x share c of its rows */
+/* task = expert b (of the batch, or the shared one) x share c of its rows */
 static void group_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     const group_job *j = ctx;
     const state *s = j->s;
-    int b = task / j->chunks, H = s->m->cfg.hidden_size, inter = s->views[b].gate.rows;
+    const model_config *c = &s->m->cfg;
+    int b = task / j->chunks, H = c->hidden_size, routed = b < j->nb;
     const expert_view *v = &s->views[b];
-    float *h = s->eh + (size_t)b * inter;
-    long r0, r1;
-    if (!j->down && pool_share(task % j->chunks, j->per_gu, inter, &r0, &r1))
-        kernel_swiglu_gate_up(h, &v->gate, &v->up, j->xn + (size_t)s->expert_rows[s->batch_off[b]] * H, (int)r0,
-                              (int)r1);
-    if (j->down && pool_share(task % j->chunks, j->per_dn, v->down.rows, &r0, &r1))
-        kernel_matvec_rows(s->expert_out + (size_t)s->batch_off[b] * H, &v->down, h, (int)r0, (int)r1);
+    float *h = s->eh + (size_t)b * (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
+    float *y = routed ? s->expert_out + (size_t)s->batch_off[b] * H : s->sh;
+    const float *x = routed ? j->xn + (size_t)s->expert_rows[s->batch_off[b]] * H : j->xn;
+    long per = j->down ? j->per_dn : j->per_gu, r0, r1;
+    if (!pool_share(task % j->chunks, per, j->down ? v->down.rows : v->gate.rows, &r0, &r1)) return;
+    if (j->down) kernel_matvec_rows(y, &v->down, h, (int)r0, (int)r1);
+    else kernel_swiglu_gate_up(h, &v->gate, &v->up, x, (int)r0, (int)r1);
 }
 
-static int compute_batch_grouped(state *s, int layer, const float *xn, int nb, double *t, char *err, size_t errlen) {
+static int compute_batch_grouped(state *s, int layer, const layer_weights *shared, const float *xn, int nb, double *t,
+                                 char *err, size_t errlen) {
     const model *m = s->m;
     int i, rc, threads = pool_size(m->pool);
     expert_view v;
     while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) s->views[i] = v;
     state_tick(s, layer, T_IO_WAIT, t);
-    if (rc == 0 && nb > 0) {
-        /* about two tasks per thread over the batch, so that the last one to finish is short */
-        int chunks = (2 * threads + nb - 1) / nb, tasks;
-        group_job j = {s, xn, chunks, pool_per(s->views[0].gate.rows, chunks, 16, &tasks),
-                       pool_per(s->views[0].down.rows, chunks, 16, &tasks), 0};
-        pool_run(m->pool, group_task, &j, nb * chunks);
+    if (rc == 0) {
+        int n = nb;
+        if (shared) s->views[n++] = (expert_view){shared->sh_gate, shared->sh_up, shared->sh_down};
+        /* about two tasks per thread in all, so that the last one to finish is short; shares of the
+         * largest expert's rows (a smaller one leaves its last shares empty) */
+        int chunks = (2 * threads + n - 1) / n, tasks;
+        long gu = 0, dn = 0;
+        for (int b = 0; b < n; b++) {
+            gu = s->views[b].gate.rows > gu ? s->views[b].gate.rows : gu;
+            dn = s->views[b].down.rows > dn ? s->views[b].down.rows : dn;
+        }
+        group_job j = {s, xn, nb, chunks, pool_per(gu, chunks, 16, &tasks), pool_per(dn, chunks, 16, &tasks), 0};
+        pool_run(m->pool, group_task, &j, n * chunks);
         j.down = 1;
-        pool_run(m->pool, group_task, &j, nb * chunks);
+        pool_run(m->pool, group_task, &j, n * chunks);
         state_tick(s, layer, T_EXPERTS, t);
     }
     experts_end(m->experts);
@@ -207,13 +218,14 @@ static int compute_batch_grouped(state *s, int layer, const float *xn, int nb, d
 }
 
 /* Computes each expert of the batch (reads started by experts_begin) on its rows as it arrives, then
- * adds the weighted outputs into out in ascending expert order. */
-static int finish_batch(state *s, int layer, const float *xn, int nb, float *out, double *t, char *err,
-                        size_t errlen) {
+ * adds the weighted outputs into out in ascending expert order. shared: the layer, whose shared expert
+ * is computed with the batch (grouped: decoding from a mapped source), or NULL. */
+static int finish_batch(state *s, int layer, const layer_weights *shared, const float *xn, int nb, float *out,
+                        double *t, char *err, size_t errlen) {
     const model *m = s->m;
     int H = m->cfg.hidden_size, i, rc;
-    if (m->experts->immediate && s->batch_off[nb] == nb) {
-        if (compute_batch_grouped(s, layer, xn, nb, t, err, errlen)) return -1;
+    if (shared || (m->experts->immediate && s->batch_off[nb] == nb)) {
+        if (compute_batch_grouped(s, layer, shared, xn, nb, t, err, errlen)) return -1;
     } else {
         expert_view v;
         while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) {
@@ -264,14 +276,17 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, in
         }
         state_tick(s, layer, T_ROUTING, &t);
     }
+    /* decoding from a mapped source, the shared expert is computed with the routed ones (finish_batch) */
+    const layer_weights *shared = T == 1 && nb && m->experts->immediate ? w : NULL;
     state_matmul(s, s->sg, &w->sh_expert_gate, xn, T);
-    swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, T, s->sh);
+    if (!shared) swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, T, s->sh);
     state_tick(s, layer, T_EXPERTS, &t);
 
     /* out = sum over experts (ascending) of w * expert(x), in batches of at most K experts */
     memset(out, 0, sizeof(float) * (size_t)T * H);
     while (nb) {
-        if (finish_batch(s, layer, xn, nb, out, &t, err, errlen)) return -1;
+        if (finish_batch(s, layer, shared, xn, nb, out, &t, err, errlen)) return -1;
+        shared = NULL;
         if ((nb = next_batch(s, T, &next)) && experts_begin(m->experts, layer, s->batch_ids, nb, err, errlen))
             return -1;
         state_tick(s, layer, T_IO_WAIT, &t);

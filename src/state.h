@@ -40,7 +40,7 @@ struct state {
     int *batch_off;         /* [K + 1] */
     int *expert_n;          /* [E]: rows routed to each expert in this chunk */
     int *batch_ids;         /* [K] */
-    expert_view *views;     /* [K]: a decoded token's experts, all taken before computing (moe.c) */
+    expert_view *views;     /* [K + 1]: a decoded token's experts and the shared one, computed together (moe.c) */
 };
 
 /* Rows a batch of experts may hold, in chunks: a batch averages K * K / E chunks' worth with uniform routing
