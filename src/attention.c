@@ -245,9 +245,10 @@ void attention_forward(state *s, int layer, const layer_weights *w, const float 
 
     /* q, gate = q_proj(x).view(heads, 2 * head_dim).chunk(2); k = k_proj(x); v = v_proj(x), for all T
      * positions at once; keys and values land in the cache rows of their positions */
-    state_matmul(s, s->qg, &w->q_proj, xn, T);
-    state_matmul(s, k_cache + (size_t)s->pos * kv_dim, &w->k_proj, xn, T);
-    state_matmul(s, v_cache + (size_t)s->pos * kv_dim, &w->v_proj, xn, T);
+    state_product qkv[] = {{s->qg, &w->q_proj},
+                           {k_cache + (size_t)s->pos * kv_dim, &w->k_proj},
+                           {v_cache + (size_t)s->pos * kv_dim, &w->v_proj}};
+    state_matmuls(s, xn, T, qkv, 3);
     /* per-head k_norm (1 + w), then RoPE on the leading rope_dim values */
     float inv_freq[CONFIG_MAX_ROPE_DIM / 2];
     rope_freqs(inv_freq, c->rope_dim, c->rope_theta);

@@ -207,10 +207,8 @@ void delta_net_forward(state *s, int layer, const layer_weights *w, const float 
     int Hv = c->lin_v_heads;
 
     /* in_proj_qkv(x), in_proj_z(x), in_proj_b(x), in_proj_a(x) for all T positions at once */
-    state_matmul(s, s->qkv, &w->in_qkv, xn, T);
-    state_matmul(s, s->z, &w->in_z, xn, T);
-    state_matmul(s, s->beta, &w->in_b, xn, T);
-    state_matmul(s, s->decay, &w->in_a, xn, T);
+    state_product in[] = {{s->qkv, &w->in_qkv}, {s->z, &w->in_z}, {s->beta, &w->in_b}, {s->decay, &w->in_a}};
+    state_matmuls(s, xn, T, in, 4);
     /* the conv, one task per head's channels; then the recurrence, one task per value head over all T
      * positions (sequential in position) */
     conv_job cj = {s, layer, T, w, s->qkv};

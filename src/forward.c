@@ -194,6 +194,37 @@ void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T
     pool_run(s->m->pool, matmul_task, &j, tasks);
 }
 
+typedef struct {
+    const state_product *p;
+    const float *x;
+    int n;
+    long per, first[STATE_MATMULS_MAX + 1]; /* rows per task; the first task of each product */
+} matvecs_job;
+
+static void matvecs_task(void *ctx, int task, int n_tasks) {
+    (void)n_tasks;
+    const matvecs_job *j = ctx;
+    int i = 0;
+    while (task >= j->first[i + 1]) i++;
+    long r0, r1;
+    if (pool_share((int)(task - j->first[i]), j->per, j->p[i].w->rows, &r0, &r1))
+        kernel_matvec_rows(j->p[i].Y, j->p[i].w, j->x, (int)r0, (int)r1);
+}
+
+void state_matmuls(const state *s, const float *X, int T, const state_product *p, int n) {
+    if (T > 1 || n == 1 || pool_size(s->m->pool) < 2) {
+        for (int i = 0; i < n; i++) state_matmul(s, p[i].Y, p[i].w, X, T);
+        return;
+    }
+    /* about 4 tasks per thread over all the rows (as kernel_matvec_mt), each within one matrix */
+    long rows = 0;
+    for (int i = 0; i < n; i++) rows += p[i].w->rows;
+    int tasks;
+    matvecs_job j = {p, X, n, pool_per(rows, 4 * pool_size(s->m->pool), 16, &tasks), {0}};
+    for (int i = 0; i < n; i++) j.first[i + 1] = j.first[i] + (p[i].w->rows + j.per - 1) / j.per;
+    pool_run(s->m->pool, matvecs_task, &j, (int)j.first[n]);
+}
+
 /* T consecutive positions (T <= chunk) through every layer; logits (if non-NULL) receive the scores of
  * every position ([T][vocab]) or, if !all, of the last one only. */
 static int forward_chunk(model *m, state *s, const int32_t *tokens, int T, float *logits, int all, char *err,

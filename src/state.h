@@ -66,6 +66,16 @@ static inline void state_tick(state *s, int l, int b, double *t) {
 /* Y[T][rows] = X[T][cols] W^T on the model's thread pool (T = 1: a matrix-vector product) */
 void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T);
 
+/* Several products of the same X, Y_i = X W_i^T for i < n (n <= STATE_MATMULS_MAX). For one position, one
+ * dispatch for all of them, its tasks shares of every matrix's rows (a decoded token's projections: a
+ * dispatch costs most where there are many threads); each row computed as state_matmul computes it. */
+#define STATE_MATMULS_MAX 4
+typedef struct {
+    float *Y;
+    const qmat *w;
+} state_product;
+void state_matmuls(const state *s, const float *X, int T, const state_product *p, int n);
+
 /* y = x * rsqrt(mean(x^2) + eps) * w, over n values (w already holds (1 + w) for zero-centred norms) */
 void rmsnorm(float *y, const float *x, const float *w, int n, float eps);
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
