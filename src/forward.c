@@ -46,7 +46,7 @@ static int scratch_list(state *s, const model_config *c, size_t K, size_t C, siz
     size_t H = (size_t)c->hidden_size, heads = (size_t)c->n_heads * c->head_dim;
     size_t value_dim = (size_t)c->lin_v_heads * c->lin_v_dim;
     size_t conv_dim = 2 * (size_t)c->lin_k_heads * c->lin_k_dim + value_dim;
-    size_t inter = (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
+    size_t inter = state_inter(c);
     size_t group = (size_t)(c->n_heads / c->n_kv_heads), R = state_batch_rows(K, C), E = (size_t)c->n_experts;
     int n = 0;
 #define F(field, count) b[n++] = (scratch_buf){(void **)&s->field, (count), sizeof(float)}
@@ -212,7 +212,7 @@ static void matvecs_task(void *ctx, int task, int n_tasks) {
 }
 
 void state_matmuls(const state *s, const float *X, int T, const state_product *p, int n) {
-    if (T > 1 || n == 1 || pool_size(s->m->pool) < 2) {
+    if (T > 1 || n == 1 || n > STATE_MATMULS_MAX || pool_size(s->m->pool) < 2) {
         for (int i = 0; i < n; i++) state_matmul(s, p[i].Y, p[i].w, X, T);
         return;
     }

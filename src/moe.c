@@ -177,10 +177,9 @@ static void group_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     const group_job *j = ctx;
     const state *s = j->s;
-    const model_config *c = &s->m->cfg;
-    int b = task / j->chunks, H = c->hidden_size, routed = b < j->nb;
+    int b = task / j->chunks, H = s->m->cfg.hidden_size, routed = b < j->nb;
     const expert_view *v = &s->views[b];
-    float *h = s->eh + (size_t)b * (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
+    float *h = s->eh + (size_t)b * state_inter(&s->m->cfg);
     float *y = routed ? s->expert_out + (size_t)s->batch_off[b] * H : s->sh;
     const float *x = routed ? j->xn + (size_t)s->expert_rows[s->batch_off[b]] * H : j->xn;
     long per = j->down ? j->per_dn : j->per_gu, r0, r1;

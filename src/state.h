@@ -43,6 +43,11 @@ struct state {
     expert_view *views;     /* [K + 1]: a decoded token's experts and the shared one, computed together (moe.c) */
 };
 
+/* The wider of an expert's and the shared expert's intermediate size: a row of eh and eu. */
+static inline size_t state_inter(const model_config *c) {
+    return (size_t)(c->expert_inter > c->shared_inter ? c->expert_inter : c->shared_inter);
+}
+
 /* Rows a batch of experts may hold, in chunks: a batch averages K * K / E chunks' worth with uniform routing
  * (a quarter of a chunk for the 35B geometry), so two chunks' worth cut a batch short only when routing
  * concentrates on few experts. (Before: K chunks' worth, 29% of the state per position.) */
@@ -66,7 +71,7 @@ static inline void state_tick(state *s, int l, int b, double *t) {
 /* Y[T][rows] = X[T][cols] W^T on the model's thread pool (T = 1: a matrix-vector product) */
 void state_matmul(const state *s, float *Y, const qmat *w, const float *X, int T);
 
-/* Several products of the same X, Y_i = X W_i^T for i < n (n <= STATE_MATMULS_MAX). For one position, one
+/* Several products of the same X, Y_i = X W_i^T for i < n. For one position and n <= STATE_MATMULS_MAX, one
  * dispatch for all of them, its tasks shares of every matrix's rows (a decoded token's projections: a
  * dispatch costs most where there are many threads); each row computed as state_matmul computes it. */
 #define STATE_MATMULS_MAX 4
