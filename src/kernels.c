@@ -130,20 +130,45 @@ static float silu(float g) { return g / (1.0f + expf(-g)); }
 static struct {
     pthread_once_t once;
     _Atomic int level;
-} dispatch = {PTHREAD_ONCE_INIT, KERNEL_SCALAR};
+    _Atomic int f32x; /* keep x in f32 in every product (kernel_f32_x_force, FLASHMOE_F32_X=1) */
+} dispatch = {PTHREAD_ONCE_INIT, KERNEL_SCALAR, 0};
+
+/* Each level's table with the int16 path replaced by its f32-x kernels (rows_f32x, gemm_f32x). */
+static kernel_ops f32x_tables[KERNEL_LEVEL_COUNT];
+static pthread_once_t f32x_once = PTHREAD_ONCE_INIT;
 
 const char *kernel_level_name(kernel_level l) {
     static const char *names[KERNEL_LEVEL_COUNT] = {"scalar", "avx2", "avx512", "amx"};
     return (unsigned)l < KERNEL_LEVEL_COUNT ? names[l] : "?";
 }
 
-static const kernel_ops *level_ops(kernel_level l) {
+static const kernel_ops *level_ops_int16(kernel_level l) {
     switch (l) {
     case KERNEL_AVX2: return kernel_ops_avx2();
     case KERNEL_AVX512: return kernel_ops_avx512();
     case KERNEL_AMX: return kernel_ops_amx();
     default: return NULL;
     }
+}
+
+static void f32x_build(void) {
+    for (int l = 0; l < KERNEL_LEVEL_COUNT; l++) {
+        const kernel_ops *o = level_ops_int16((kernel_level)l);
+        if (!o) continue;
+        kernel_ops *f = &f32x_tables[l];
+        *f = *o;
+        for (int t = 0; t < DTYPE_COUNT; t++)
+            if (o->qpack[t] && o->rows_f32x[t]) f->rows[t] = o->rows_f32x[t], f->qpack[t] = 0;
+        if (o->gemm_f32x) f->gemm = o->gemm_f32x;
+        f->gemm_rounds_x = NULL;
+    }
+}
+
+static const kernel_ops *level_ops(kernel_level l) {
+    const kernel_ops *o = level_ops_int16(l);
+    if (!o || !atomic_load_explicit(&dispatch.f32x, memory_order_relaxed)) return o;
+    pthread_once(&f32x_once, f32x_build);
+    return &f32x_tables[l];
 }
 
 int kernel_level_available(kernel_level l) {
@@ -163,6 +188,12 @@ int kernel_level_available(kernel_level l) {
 }
 
 static void level_init(void) {
+    const char *fx = getenv("FLASHMOE_F32_X");
+    if (fx && *fx) {
+        if (strcmp(fx, "0") && strcmp(fx, "1"))
+            fprintf(stderr, "flashmoe: FLASHMOE_F32_X=%s is not 0 or 1; ignored\n", fx);
+        else atomic_store(&dispatch.f32x, fx[0] == '1');
+    }
     int best = KERNEL_SCALAR;
     for (int l = KERNEL_SCALAR; l < KERNEL_LEVEL_COUNT; l++)
         if (kernel_level_available((kernel_level)l)) best = l;
@@ -195,6 +226,13 @@ int kernel_level_force(kernel_level l) {
     if (!kernel_level_available(l)) return -1;
     atomic_store(&dispatch.level, (int)l);
     return 0;
+}
+
+int kernel_f32_x_force(int on) {
+    pthread_once(&dispatch.once, level_init);
+    int was = atomic_load(&dispatch.f32x);
+    atomic_store(&dispatch.f32x, on != 0);
+    return was;
 }
 
 /* The active level's row kernels for w; NULL means the scalar reference, which is also what a
@@ -487,17 +525,20 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
 /* ---- the arithmetic peak ----------------------------------------------------------------------- */
 
 typedef struct {
-    double seconds, rate[256];
+    double seconds, rate[256], rate2[256]; /* rate2: the AVX2 level's int16 products (vpmaddwd) */
 } peak_job;
 
 static void peak_task(void *arg, int t, int n_tasks) {
     (void)n_tasks;
     peak_job *j = arg;
-    double r = 0.0;
+    double r = 0.0, r2 = 0.0;
 #if defined(__x86_64__)
     if (kernel_level_active() == KERNEL_AMX) r = kernel_amx_int8_rate(j->seconds) / 2;
     else if (kernel_level_active() == KERNEL_AVX512) r = kernel_fma_rate_avx512(j->seconds);
-    else if (kernel_level_active() == KERNEL_AVX2) r = kernel_fma_rate_avx2(j->seconds);
+    else if (kernel_level_active() == KERNEL_AVX2) {
+        r = kernel_fma_rate_avx2(j->seconds);
+        r2 = kernel_madd16_rate_avx2(j->seconds);
+    }
 #endif
     if (r == 0.0) { /* scalar: 8 independent chains */
         volatile float seed = 0.9999f;
@@ -513,14 +554,16 @@ static void peak_task(void *arg, int t, int n_tasks) {
         seed = a[0] + a[7];
         r = (double)iters * 8 / dt;
     }
-    if (t < 256) j->rate[t] = r;
+    if (t < 256) j->rate[t] = r, j->rate2[t] = r2;
 }
+
+static int peak_was_int16; /* the last kernel_peak_mac_rate at the AVX2 level measured vpmaddwd faster */
 
 const char *kernel_peak_name(void) {
     switch (kernel_level_active()) {
     case KERNEL_AMX: return "AMX (int8 tile products / 2)";
     case KERNEL_AVX512: return "f32 FMA (512-bit)";
-    case KERNEL_AVX2: return "f32 FMA (256-bit)";
+    case KERNEL_AVX2: return peak_was_int16 ? "int16 vpmaddwd (256-bit; faster than f32 FMA here)" : "f32 FMA (256-bit)";
     default: return "f32 scalar";
     }
 }
@@ -529,7 +572,8 @@ double kernel_peak_mac_rate(pool *p, double seconds) {
     peak_job j = {.seconds = seconds};
     int n = pool_size(p) < 256 ? pool_size(p) : 256;
     pool_run(p, peak_task, &j, n);
-    double sum = 0.0;
-    for (int t = 0; t < n; t++) sum += j.rate[t];
-    return sum;
+    double sum = 0.0, sum2 = 0.0;
+    for (int t = 0; t < n; t++) sum += j.rate[t], sum2 += j.rate2[t];
+    peak_was_int16 = sum2 > sum;
+    return sum2 > sum ? sum2 : sum;
 }

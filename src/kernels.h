@@ -7,8 +7,8 @@
  * environment forces a level (tests, benchmarks); kernel_level_force does the same from code. All
  * levels compute the same sums in f32; they differ only in summation order, by at most ~1e-5 of
  * sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2, AVX-512 and amx
- * levels round x to int16 per group for Q4/Q2 rows, and the amx level for Q8/Q4/Q2 prompt chunks too
- * (kernel_uses_int16_x; bound in kernels_impl.h).
+ * levels round x to int16 per group for Q4/Q2 rows, and the AVX2 and amx levels for Q8/Q4/Q2 prompt
+ * chunks too (kernel_uses_int16_x; bound in kernels_impl.h).
  *
  * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
  * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.
@@ -30,6 +30,11 @@ kernel_level kernel_level_active(void);
 /* Use level l from now on (tests, benchmarks). Returns 0, or -1 (level unchanged) when unavailable.
  * Not to be called while kernels run on other threads. */
 int kernel_level_force(kernel_level l);
+/* on != 0: keep x in f32 in every product at every level, as the scalar reference does (no int16
+ * rounding; the f32-x kernels are slower for Q4/Q2 and prompt chunks). FLASHMOE_F32_X=1 in the
+ * environment does the same from the start. Returns the previous setting. Not to be called while
+ * kernels run on other threads. */
+int kernel_f32_x_force(int on);
 
 /* y[r] = sum_c W[r][c] * x[c] for rows r0 <= r < r1 (y indexed by absolute row). */
 void kernel_matvec_rows(float *y, const qmat *w, const float *x, int r0, int r1);
@@ -43,10 +48,11 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x);
 
 /* Y[j][r] = sum_c W[r][c] * X[j][c] for j < n, r0 <= r < r1: Y is n x rows and X is n x cols, both
  * row-major (Y = X W^T). At the AVX2 and AVX-512 levels, from a few rows of X on, W is unpacked once
- * per 96 rows of X into f32 panels and multiplied by an FMA micro-kernel (kernels_gemm_avx2.c); below
- * that, each W row is unpacked once per 4 rows of X (16 on the int16 path). At the amx level, Q8/Q4/Q2
- * weights go to AMX tiles instead (kernels_amx.c; x rounded to int16 per group, kernel_uses_int16_x).
- * Up to ~115 KB of stack. */
+ * per 96 rows of X into panels: f32 panels and an FMA micro-kernel (kernels_gemm_avx2.c), except that at
+ * the AVX2 level Q8/Q4/Q2 weights go to int16 panels and vpmaddwd (kernels_gemm_int16_avx2.c; x rounded
+ * to int16 per group, kernel_uses_int16_x); below that, each W row is unpacked once per 4 rows of X (16
+ * on the int16 path). At the amx level, Q8/Q4/Q2 weights go to AMX tiles instead (kernels_amx.c; x
+ * rounded the same way). Up to ~115 KB of stack. */
 void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 
 /* Expert up-projection, SwiGLU: h[r] = silu(gate[r] . x) * (up[r] . x) for r0 <= r < r1,
@@ -70,8 +76,9 @@ int kernel_uses_int16_x(const qmat *w, int n);
 
 /* The CPU's multiply-add peak for prompt-chunk products at the active level, measured: every thread of
  * the pool runs a register-only loop for `seconds` at once; the sum of their rates (multiply-adds per
- * second). f32 FMAs at the vector width (scalar level: a scalar loop); at the amx level, byte products
- * on tiles halved (each multiply-add at int16 precision is two of them). kernel_peak_name says which. */
+ * second). f32 FMAs at the vector width (scalar level: a scalar loop); at the AVX2 level the larger of
+ * that and int16 vpmaddwd products (each loop `seconds`); at the amx level, byte products on tiles
+ * halved (each multiply-add at int16 precision is two of them). kernel_peak_name says which. */
 double kernel_peak_mac_rate(pool *p, double seconds);
 const char *kernel_peak_name(void);
 

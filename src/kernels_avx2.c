@@ -403,6 +403,8 @@ ROWS_FN(rows_f32, float_rows, DTYPE_F32)
 ROWS_FN(rows_f16, float_rows, DTYPE_F16)
 ROWS_FN(rows_bf16, float_rows, DTYPE_BF16)
 ROWS_FN(rows_q3, packed_rows, 3)
+ROWS_FN(rows_q4_f32x, packed_rows, 4) /* Q4 and Q2 with f32 x (kernel_f32_x_force) */
+ROWS_FN(rows_q2_f32x, packed_rows, 2)
 
 /* The int16 path's row kernels, also the AVX-512 level's (see kernels_impl.h). */
 #define INT16_FN(NAME, ...)                                                                       \
@@ -429,7 +431,10 @@ static const kernel_ops ops_avx2 = {
              [DTYPE_Q4] = kernel_rows_q4_avx2, [DTYPE_Q3] = rows_q3, [DTYPE_Q2] = kernel_rows_q2_avx2},
     .qpack = {[DTYPE_Q4] = 4, [DTYPE_Q2] = 8}, /* Q8: f32 path (see rows_q8) */
     .quant_x16 = kernel_quant_x16_avx2,
-    .gemm = kernel_gemm_avx2,
+    .gemm = kernel_gemm_int16_avx2,
+    .gemm_rounds_x = kernel_gemm_int16_rounds_x,
+    .rows_f32x = {[DTYPE_Q4] = rows_q4_f32x, [DTYPE_Q2] = rows_q2_f32x},
+    .gemm_f32x = kernel_gemm_avx2,
     .silu_mul = kernel_silu_mul_avx2,
     .exp_sum = kernel_exp_sum_avx2,
 };

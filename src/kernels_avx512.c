@@ -193,6 +193,8 @@ ROWS_FN(rows_f32, float_rows, DTYPE_F32)
 ROWS_FN(rows_f16, float_rows, DTYPE_F16)
 ROWS_FN(rows_bf16, float_rows, DTYPE_BF16)
 ROWS_FN(rows_q3, packed_rows, 3)
+ROWS_FN(rows_q4_f32x, packed_rows, 4) /* Q4 and Q2 with f32 x (kernel_f32_x_force) */
+ROWS_FN(rows_q2_f32x, packed_rows, 2)
 
 static void rows_q8(const qmat *w, int r0, int r1, int c0, int c1, const kernel_xview *xv, int nb, float *out) {
     CALL_BY_NB(q8_rows, w, r0, r1, c0, c1, xv, out)
@@ -270,6 +272,8 @@ KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_
      .quant_x16 = kernel_quant_x16_avx2,                                                          \
      .gemm = GEMM,                                                                                \
      .gemm_rounds_x = ROUNDS,                                                                     \
+     .rows_f32x = {[DTYPE_Q4] = rows_q4_f32x, [DTYPE_Q2] = rows_q2_f32x},                         \
+     .gemm_f32x = kernel_gemm_avx512,                                                             \
      .silu_mul = kernel_silu_mul_avx2,                                                            \
      .exp_sum = kernel_exp_sum_avx2}
 static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2, kernel_gemm_avx512, NULL);

@@ -24,7 +24,8 @@
  * kernels.)
  * Q4 and Q2 take this path at the AVX2 and AVX-512 levels; Q8 (slower this way: its f32 unpacking is a
  * single convert) and Q3 (8 values in 24 bits do not fit 16-bit lanes) keep f32 x and one FMA per
- * weight. */
+ * weight. The prompt-chunk GEMMs of the AVX2 level (kernels_gemm_int16_avx2.c) and the amx level
+ * (kernels_amx.c) round x this way for Q8, Q4 and Q2. */
 #ifndef FLASHMOE_KERNELS_IMPL_H
 #define FLASHMOE_KERNELS_IMPL_H
 #include "kernels.h"
@@ -94,8 +95,13 @@ typedef struct {
     /* Y = X W^T for rows [r0, r1) when n >= GEMM_MIN_N (kernel_matmat_rows' contract): W unpacked once
      * into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
     void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
-    /* 1 when gemm rounds x to int16 per group for weights of type t (the amx level: Q8, Q4, Q2); NULL: never. */
+    /* 1 when gemm rounds x to int16 per group for weights of type t (the AVX2 and amx levels: Q8, Q4,
+     * Q2); NULL: never. */
     int (*gemm_rounds_x)(dtype t);
+    /* What replaces the int16 path when x must stay f32 (kernel_f32_x_force, FLASHMOE_F32_X): row
+     * kernels for the types with qpack > 0, and a GEMM that keeps x in f32 for every type. */
+    kernel_rows_fn rows_f32x[DTYPE_COUNT];
+    void (*gemm_f32x)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
     /* kernel_silu_mul and kernel_exp_sum; NULL: the scalar reference. */
     void (*silu_mul)(float *out, const float *g, const float *u, size_t n);
     float (*exp_sum)(float *x, int n, float sub);
@@ -122,6 +128,13 @@ void kernel_prefetch_panel_ahead(const qmat *w, int rb, int r0, int r1, int kb, 
 /* Y = X W^T for W rows [r0, r1), with tiles of nrt X rows. */
 void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt, kernel_gemm_tile tile);
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+/* The AVX2 level's GEMM (kernels_gemm_int16_avx2.c): Q8/Q4/Q2 with x rounded to int16 per group and
+ * vpmaddwd, other types through kernel_gemm_avx2. kernel_gemm_int16_rounds_x: the types it rounds x for. */
+void kernel_gemm_int16_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+int kernel_gemm_int16_rounds_x(dtype t);
+/* int16 multiply-adds per second of this thread's vpmaddwd (register-only loop): the AVX2 level's
+ * arithmetic peak for those products. */
+double kernel_madd16_rate_avx2(double seconds);
 void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 /* The AMX GEMM (kernels_amx.c): Q8/Q4/Q2 on tiles, other types through kernel_gemm_avx512. Needs
  * kernel_amx_usable() (cpuid, and the kernel's permission for the tile state, asked for once). */
