@@ -98,6 +98,42 @@ static void pack_x(int32_t *Xp, float *xd, float *xs, const float *X, size_t ldx
     }
 }
 
+/* The scales and biases of weight rows rb .. rb + nr - 1 (the rest zero) for groups g0 .. g0 + ng - 1 (ng <= 8)
+ * as f32, sc[g * 16 + i]. Row i's bf16 scales of an even number of groups are whole dwords; 8 rows' 4
+ * dwords of scales and 4 of biases, transposed, give dword k of each row in one vector: its low half is
+ * group 2k and its high half group 2k + 1. An odd ng (a last block of one group of 64 or 128) takes
+ * the scalar path, as nothing past the row's groups may be read. */
+static void panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, int gpr, int g0, int ng) {
+    if (ng % 2) {
+        for (int g = 0; g < ng; g++)
+            for (int i = 0; i < 16; i++) {
+                size_t at = (size_t)(rb + i) * gpr + g0 + g;
+                sc[g * 16 + i] = i < nr ? bf16_to_f32(w->scales[at]) : 0.0f;
+                bi[g * 16 + i] = i < nr ? bf16_to_f32(w->biases[at]) : 0.0f;
+            }
+        return;
+    }
+    const __m128i dm = _mm_cmpgt_epi32(_mm_set1_epi32(ng / 2), _mm_setr_epi32(0, 1, 2, 3));
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    for (int half = 0; half < 2; half++) {
+        __m256i v[8];
+        for (int i = 0; i < 8; i++) {
+            int r = half * 8 + i;
+            size_t at = (size_t)(rb + r) * gpr + g0;
+            __m128i a = r < nr ? _mm_maskload_epi32((const int *)(w->scales + at), dm) : _mm_setzero_si128();
+            __m128i b = r < nr ? _mm_maskload_epi32((const int *)(w->biases + at), dm) : _mm_setzero_si128();
+            v[i] = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+        }
+        transpose8_si(v); /* v[k]: scale dword k of the 8 rows; v[4 + k]: bias dword k */
+        for (int k = 0; k < ng / 2; k++) {
+            _mm256_store_si256((__m256i *)(sc + 2 * k * 16 + half * 8), _mm256_slli_epi32(v[k], 16));
+            _mm256_store_si256((__m256i *)(sc + (2 * k + 1) * 16 + half * 8), _mm256_and_si256(v[k], hi));
+            _mm256_store_si256((__m256i *)(bi + 2 * k * 16 + half * 8), _mm256_slli_epi32(v[4 + k], 16));
+            _mm256_store_si256((__m256i *)(bi + (2 * k + 1) * 16 + half * 8), _mm256_and_si256(v[4 + k], hi));
+        }
+    }
+}
+
 /* The panel of weight rows rb .. rb + nr - 1 (nr <= 16; the rest zero), columns [kb, kb + kc): the code
  * pairs, P[s * 16 + i], and the rows' scales and biases per group, sc[g * 16 + i] (BITS: 8, 4 or 2). */
 AI void panel_bits(const int BITS, int32_t *P, float *sc, float *bi, const qmat *w, int rb, int nr, int kb,
@@ -127,12 +163,7 @@ AI void panel_bits(const int BITS, int32_t *P, float *sc, float *bi, const qmat 
             }
         }
     }
-    for (int g = 0; g < kc / w->group; g++)
-        for (int i = 0; i < 16; i++) {
-            size_t at = (size_t)(rb + i) * gpr + g0 + g;
-            sc[g * 16 + i] = i < nr ? bf16_to_f32(w->scales[at]) : 0.0f;
-            bi[g * 16 + i] = i < nr ? bf16_to_f32(w->biases[at]) : 0.0f;
-        }
+    panel_scales(sc, bi, w, rb, nr, gpr, g0, kc / w->group);
 }
 
 static void panel_fill(int32_t *P, float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc) {
