@@ -11,7 +11,7 @@ mkdir -p "$out"
 CC=${CC:-cc}
 CFLAGS="-O2 -g -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -Isrc"
 [ -n "$STATIC" ] && CFLAGS="$CFLAGS -static"
-SRC="src/kernels.c src/kernels_amx.c src/kernels_avx2.c src/kernels_avx512.c src/kernels_gemm_avx2.c src/threadpool.c src/quant.c src/util.c"
+SRC="$(echo src/kernels*.c) src/threadpool.c src/quant.c src/util.c"
 $CC $CFLAGS bench/kernels.c $SRC -o "$out/kernels" -lm
 $CC $CFLAGS bench/kernels_quant.c $SRC -o "$out/kernels_quant" -lm
 [ -n "$BUILD_ONLY" ] && exit 0

@@ -631,15 +631,18 @@ static void tally_print(const char *label, const tally *t) {
  *   quantized dot products in another order than f32 ones: measured up to 7e-5 relative on AVX2 with
  *   batched prefill, so 1e-3 is used, while a real mistake such as a norm off by one or a lossy
  *   requantization moves them by 1e-2 or more).
- * - The kernels as they run by default, where Q8/Q4/Q2 products round x to int16 per group (the AVX2
- *   level, also its prompt-chunk GEMM; kernels_impl.h). Each product stays within the bound that
- *   test_kernels derives, 1.5e-5 of the group's largest |x| per unit of |q s|, but through this
- *   random-weight model's four layers that reached 3.4e-3 relative here (Q4, prompt of 24), so
- *   INT16_BOUND = 1e-2: this checks that the path runs the converted model, not the conversion itself,
- *   which the f32-x and the exact checks pin.
+ * - The kernels as they run by default, where Q8/Q4/Q2 products round x to int16 per group (the row
+ *   kernels from the AVX2 level up, and the AVX2 and amx prompt-chunk GEMMs; kernels_impl.h). Each
+ *   product stays within the bound test_kernels derives (1.5e-5 of the group's largest |x| per unit of
+ *   |q s|), but a perturbation that small can still swap an expert where two of a token's router
+ *   scores nearly tie, and that moves the logits by a few percent of their range: measured 3.4e-3 of
+ *   max |ref| at the AVX2 level and 1.2e-2 at the amx level (Q4, this prompt of 24; the AVX2 and AMX
+ *   GEMMs agree to 2e-7 on the same products, so the flips differ, not the rounding). So this check
+ *   asks for the same argmax at every position and INT16_BOUND = 3e-2: that the path runs the converted
+ *   model. The conversion itself is pinned by the f32-x and the exact checks.
  * - When exact, the scalar reference kernels, which read a quantized value as q * scale + bias in f32
  *   just as the reference stores it: then the logits must be identical. */
-#define INT16_BOUND 1e-2f
+#define INT16_BOUND 3e-2f
 static void check_logits_at(const fixture *fx, const char *out_name, float bound, const char *how);
 
 static void check_logits(const fixture *fx, const char *out_name, float bound, int exact) {
@@ -691,6 +694,8 @@ static void check_logits_at(const fixture *fx, const char *out_name, float bound
     }
     CHECK(max_diff <= bound * max_ref, "%s: max |logit - reference| %g > %g x max |ref| %g", out_name, max_diff,
           bound, max_ref);
+    CHECK(argmax_same == N, "%s%s: argmax differs from the reference at %d of %d positions", out_name, how,
+          N - argmax_same, N);
     printf("  %s (%s kernels%s): logits vs reference: max |diff| %.3g (max |ref| %.3g), argmax equal at %d of %d\n",
            out_name, kernel_level_name(kernel_level_active()), how, max_diff,
            max_ref, argmax_same, N);
