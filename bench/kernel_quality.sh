@@ -4,6 +4,7 @@
 # (or LEVEL) is compared with them by flashmoe perplexity --kld. The chunks are prompts, so every product of
 # a chunk goes through the prompt-chunk GEMMs; decode-time matvecs are not exercised here.
 #   sh bench/kernel_quality.sh [FIXTURE] [N_TOKENS]        (BUILD=dir picks the binary, LEVEL=avx2|...)
+# With FLASHMOE_F32_X=1 the SIMD kernels keep x in f32, and only the summation order differs.
 set -e
 BIN=${BUILD:-build}/flashmoe
 FX=${1:-tests/fixtures/tiny-a-f32}
