@@ -43,8 +43,10 @@ int cli_engine_arg(const char *cmd, engine_args *ea, int argc, char **argv, int 
     "                             resident weights, the state for --ctx and a margin leave)\n"              \
     "  --io-threads               read with a pool of pread threads instead of io_uring\n"     \
     "  --prefetch, --no-prefetch  while decoding with --io direct, read the top of the experts the next\n" \
-    "                             layer's router predicts, as many as the disk would otherwise idle for\n" \
-    "                             (default: on when the expert cache has room; --prefetch wants direct)\n" \
+    "                             layer's router predicts, as many as the disk would otherwise idle for;\n" \
+    "                             for a prompt chunk that routes to nearly every expert, read each\n" \
+    "                             layer's experts while its mixer runs (default: on when the expert\n" \
+    "                             cache has room; --prefetch wants direct)\n" \
     "  --prefill-chunk N          prompt positions run together, each expert read once per chunk (2048)\n" \
     "  --timing                   print where each layer's time goes, and the I/O totals\n"
 

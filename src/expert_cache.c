@@ -49,11 +49,15 @@ struct expert_cache {
 
     /* prefetch (pf_io NULL: off) */
     expert_io *pf_io;
-    int *pf_slot;           /* [working] slot of each request of the prefetch batch */
-    expert_io_req *pf_reqs; /* [working] */
+    int *pf_slot;           /* [pf_max] slot of each request of the prefetch batch */
+    expert_io_req *pf_reqs; /* [pf_max] */
+    int pf_max;             /* max(working, readahead_max) */
     int pf_n, pf_returned;  /* requests in that batch, and those completed or dropped */
+    int pf_layer;           /* the layer of the batch to start (prediction or read-ahead) */
+    int pf_ahead;           /* 1: the batch in flight is a read-ahead, not a prediction */
+    int pf_ahead_next;      /* the same for the batch to start */
     int pred_layer;         /* the last prediction: layer (-1: none, or already begun) and experts */
-    int *pred_ids;          /* [working] */
+    int *pred_ids;          /* [pf_max] */
     int pred_n;
     int pf_pending;         /* 1: the prediction's reads have not been started yet */
     int pred_top;           /* how many of the prediction (the first) are to be read */
@@ -63,7 +67,7 @@ struct expert_cache {
     double t_begin, t_reads_done; /* the layer in progress: its begin, when its last read arrived (0: not yet) */
     double window_s, read_bps, top_named, top_used;
     uint64_t predicted_asked, predicted_right, prefetched, prefetch_used, prefetch_failures;
-    uint64_t predictions, prediction_top, predictions_skipped;
+    uint64_t predictions, prediction_top, predictions_skipped, read_ahead;
 };
 
 #define PF_EST_GAIN 0.25 /* weight of a new sample in the running estimates */
@@ -163,6 +167,8 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
     size_t arena_bytes = (size_t)c->n_slots * c->cfg.slot_bytes;
     size_t n_keys = (size_t)c->cfg.n_layers * (size_t)c->cfg.n_experts;
     size_t w = (size_t)c->cfg.working;
+    c->pf_max = c->cfg.readahead_max > c->cfg.working ? c->cfg.readahead_max : c->cfg.working;
+    size_t pw = (size_t)c->pf_max;
     c->arena = expert_io_buffer_alloc(arena_bytes);
     c->slots = calloc((size_t)c->n_slots, sizeof *c->slots);
     c->slot_of = malloc(n_keys * sizeof *c->slot_of);
@@ -170,9 +176,9 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
     c->hit_items = calloc(w, sizeof *c->hit_items);
     c->req_item = calloc(w, sizeof *c->req_item);
     c->reqs = calloc(w, sizeof *c->reqs);
-    c->pf_slot = calloc(w, sizeof *c->pf_slot);
-    c->pf_reqs = calloc(w, sizeof *c->pf_reqs);
-    c->pred_ids = calloc(w, sizeof *c->pred_ids);
+    c->pf_slot = calloc(pw, sizeof *c->pf_slot);
+    c->pf_reqs = calloc(pw, sizeof *c->pf_reqs);
+    c->pred_ids = calloc(pw, sizeof *c->pred_ids);
     if (!c->arena || !c->slots || !c->slot_of || !c->item_slot || !c->hit_items || !c->req_item || !c->reqs ||
         !c->pf_slot || !c->pf_reqs || !c->pred_ids) {
         util_err_set(err, errlen, "expert_cache: cannot allocate %d slots of %zu bytes (%zu MiB)", c->n_slots,
@@ -181,7 +187,8 @@ expert_cache *expert_cache_create(expert_io *io, const expert_cache_config *cfg,
     }
     size_t huge = (size_t)2 << 20; /* expert_io_buffer_alloc rounds up to whole huge pages */
     c->memory_bytes = (arena_bytes + huge - 1) / huge * huge + (size_t)c->n_slots * sizeof *c->slots +
-                      n_keys * sizeof *c->slot_of + w * (5 * sizeof(int) + 2 * sizeof *c->reqs);
+                      n_keys * sizeof *c->slot_of + w * (3 * sizeof(int) + sizeof *c->reqs) +
+                      pw * (2 * sizeof(int) + sizeof *c->pf_reqs);
     for (size_t k = 0; k < n_keys; k++) c->slot_of[k] = -1;
     c->lru_head = c->lru_tail = -1;
     for (int s = 0; s < c->n_slots; s++) {
@@ -244,8 +251,9 @@ static int pf_wait_one(expert_cache *c) {
     cache_slot *x = &c->slots[c->pf_slot[m]];
     x->state = SLOT_READY;
     x->pf_loading = 0;
-    x->pf_unused = 1;
-    c->prefetched++;
+    x->pf_unused = !c->pf_ahead;
+    if (c->pf_ahead) c->read_ahead++;
+    else c->prefetched++;
     slot_unpin(c, c->pf_slot[m]);
     return 1;
 }
@@ -260,7 +268,8 @@ static void pf_start(expert_cache *c) {
     if (!c->pf_pending || (c->active && c->misses_returned < c->n_misses)) return;
     c->pf_pending = 0;
     pf_drain(c); /* the previous batch: one at a time */
-    int layer = c->pred_layer, base = layer * c->cfg.n_experts, n = 0;
+    c->pf_ahead = c->pf_ahead_next;
+    int layer = c->pf_layer, base = layer * c->cfg.n_experts, n = 0;
     for (int k = 0; k < c->pred_top && c->lru_head >= 0; k++) {
         int key = base + c->pred_ids[k], s = c->lru_head;
         if (c->slot_of[key] >= 0) continue; /* resident already */
@@ -312,7 +321,8 @@ int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, cha
     }
     memcpy(c->pred_ids, ids, sizeof *ids * (size_t)n);
     c->pred_n = n;
-    c->pred_layer = layer;
+    c->pred_layer = c->pf_layer = layer;
+    c->pf_ahead_next = 0;
     c->pred_top = c->cfg.prefetch_fit ? expert_cache_prefetch_count(c->window_s, c->read_bps, c->cfg.slot_bytes, n) : n;
     c->predictions++;
     c->prediction_top += (uint64_t)c->pred_top;
@@ -321,6 +331,42 @@ int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, cha
         c->predictions_skipped++;
         return 0;
     }
+    c->pf_pending = 1;
+    pf_start(c);
+    return 0;
+}
+
+int expert_cache_readahead(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen) {
+    if (!c->pf_io) {
+        util_err_set(err, errlen, "expert_cache_readahead: the cache has no prefetch engine");
+        return -1;
+    }
+    if (layer < 0 || layer >= c->cfg.n_layers || n < 0 || n > c->pf_max) {
+        util_err_set(err, errlen, "expert_cache_readahead: layer %d (of %d), %d experts (at most %d)", layer,
+                c->cfg.n_layers, n, c->pf_max);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= c->cfg.n_experts) {
+            util_err_set(err, errlen, "expert_cache_readahead: expert %d out of range 0..%d", ids[i],
+                    c->cfg.n_experts - 1);
+            return -1;
+        }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (ids[j] == ids[i]) {
+                util_err_set(err, errlen, "expert_cache_readahead: expert %d listed twice", ids[i]);
+                return -1;
+            }
+    /* slots: the read-ahead's stay pinned while they load, and a begin pins up to `working` more (hits
+     * waited for first); 2 x working stay free, which also covers a prediction's batch */
+    int room = c->n_slots - 2 * c->cfg.working;
+    memcpy(c->pred_ids, ids, sizeof *ids * (size_t)n);
+    c->pred_n = n;
+    c->pred_layer = -1; /* a prediction not yet begun is dropped unscored */
+    c->pf_layer = layer;
+    c->pf_ahead_next = 1;
+    c->pred_top = n < room ? n : room > 0 ? room : 0;
     c->pf_pending = 1;
     pf_start(c);
     return 0;
@@ -544,5 +590,5 @@ void expert_cache_stats_get(const expert_cache *c, expert_cache_stats *out) {
                                 .prefetch_failures = c->prefetch_failures,
                                 .predictions = c->predictions,
                                 .prediction_top = c->prediction_top,
-                                .predictions_skipped = c->predictions_skipped};
+                                .predictions_skipped = c->predictions_skipped, .read_ahead = c->read_ahead};
 }

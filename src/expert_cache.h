@@ -61,6 +61,8 @@ typedef struct {
     int prefetch_fit;       /* 1: read only the top of a prediction that fits the disk's idle time (above) */
     int prefetch_if_room;   /* 1: no prefetch (expert_cache_prefetching 0) unless budget_bytes holds the
                                prefetch batch's `working` slots, so that it takes no memory of its own */
+    int readahead_max;      /* most experts one expert_cache_readahead names (0: working); the prefetch
+                               engine's max_requests must be at least this */
 } expert_cache_config;
 
 typedef struct {
@@ -76,6 +78,7 @@ typedef struct {
     /* predictions made, how many of their experts were to be read in all (the top of each, before
      * skipping those resident), and predictions not read because too few of the top were being used */
     uint64_t predictions, prediction_top, predictions_skipped;
+    uint64_t read_ahead; /* experts read by expert_cache_readahead (not counted in prefetched) */
 } expert_cache_stats;
 
 typedef struct expert_cache expert_cache;
@@ -100,6 +103,14 @@ void expert_cache_end(expert_cache *c);
  * if none is in progress). Replaces a prediction not yet started. Returns 0, or -1 with the reason in err
  * (no prefetch engine, bad arguments); read failures are not returned (see above). */
 int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen);
+
+/* A certainty rather than a prediction, for prompt chunks, whose routing uses nearly every expert of a
+ * layer: experts ids[0..n) of `layer` (n <= readahead_max, no duplicates), in the order the layer will
+ * ask for them, start reading through the prefetch engine now (a prompt chunk calls this before the
+ * layer's mixer, so the disk works while it runs), into as many free slots as leave 2 x working for the
+ * layer's own begins. Not scored, not cut to the disk's idle time; replaces a prediction not yet
+ * started. Returns 0, or -1 with the reason in err (no prefetch engine, bad arguments). */
+int expert_cache_readahead(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen);
 
 /* 1 if the cache reads predictions (a prefetch engine it has room for), else 0. */
 int expert_cache_prefetching(const expert_cache *c);

@@ -37,6 +37,7 @@ typedef struct {
      * of them were predicted; experts read by prefetch, and how many of those were then used */
     uint64_t predicted_asked, predicted_right, prefetched, prefetch_used;
     uint64_t predictions, prediction_top, predictions_skipped; /* see expert_cache_stats */
+    uint64_t read_ahead; /* experts read by readahead */
 } experts_stats;
 
 typedef struct expert_source expert_source;
@@ -56,6 +57,9 @@ struct expert_source {
     int immediate;
     /* NULL: no prefetch. 0, or -1 with a message for bad arguments (read failures are not errors) */
     int (*prefetch)(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen);
+    /* NULL: no read-ahead. Experts ids[0..n) of `layer` will be asked for, in this order: read them now,
+     * as far as the source has room (expert_cache_readahead). Same returns as prefetch. */
+    int (*readahead)(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen);
 };
 
 static inline int experts_begin(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
@@ -67,6 +71,9 @@ static inline int experts_next(expert_source *s, int *i, expert_view *v, char *e
 static inline void experts_end(expert_source *s) { s->ops->end(s); }
 static inline int experts_prefetch(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
     return s->prefetch ? s->prefetch(s, layer, ids, n, err, errlen) : 0;
+}
+static inline int experts_readahead(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
+    return s->readahead ? s->readahead(s, layer, ids, n, err, errlen) : 0;
 }
 static inline void experts_stats_get(const expert_source *s, experts_stats *out) { s->ops->stats(s, out); }
 static inline void experts_free(expert_source *s) {

@@ -95,6 +95,10 @@ static int stream_prefetch(expert_source *src, int layer, const int *ids, int n,
     return expert_cache_prefetch(((stream_source *)src)->cache, layer, ids, n, err, errlen);
 }
 
+static int stream_readahead(expert_source *src, int layer, const int *ids, int n, char *err, size_t errlen) {
+    return expert_cache_readahead(((stream_source *)src)->cache, layer, ids, n, err, errlen);
+}
+
 static void stream_stats(const expert_source *src, experts_stats *out) {
     const stream_source *s = (const stream_source *)src;
     expert_cache_stats cs;
@@ -106,7 +110,7 @@ static void stream_stats(const expert_source *src, experts_stats *out) {
                            .predicted_asked = cs.predicted_asked, .predicted_right = cs.predicted_right,
                            .prefetched = cs.prefetched, .prefetch_used = cs.prefetch_used,
                            .predictions = cs.predictions, .prediction_top = cs.prediction_top,
-                           .predictions_skipped = cs.predictions_skipped};
+                           .predictions_skipped = cs.predictions_skipped, .read_ahead = cs.read_ahead};
 }
 
 static void stream_free(expert_source *src) {
@@ -220,6 +224,7 @@ expert_source *experts_open_stream(const char *dir, const checkpoint *ck, const 
         pc.quiet = 1; /* the main engine has said so if io_uring is refused */
         pc.queue_depth = o->top_k > 128 ? 4096 : 32 * o->top_k;
         pc.window = 0;
+        pc.max_requests = c->n_experts > o->top_k ? c->n_experts : o->top_k; /* a whole layer read ahead */
         if (!(s->pf_io = expert_io_create(&pc, err, errlen))) {
             if (o->prefetch != 2) goto bad;
             fprintf(stderr, "flashmoe: reading experts without prefetch: %s\n", err); /* it was optional */
@@ -229,13 +234,14 @@ expert_source *experts_open_stream(const char *dir, const checkpoint *ck, const 
     expert_cache_config cc = {.n_layers = c->n_layers, .n_experts = c->n_experts, .working = o->top_k,
                               .budget_bytes = o->mode == EXPERTS_IO_DIRECT ? o->cache_bytes : 0,
                               .slot_bytes = s->packed ? s->lo.record_bytes : 0, .locate = locate, .locate_ctx = s,
-                              .prefetch_io = s->pf_io, .prefetch_fit = 1, .prefetch_if_room = o->prefetch == 2};
+                              .prefetch_io = s->pf_io, .prefetch_fit = 1, .prefetch_if_room = o->prefetch == 2,
+                              .readahead_max = c->n_experts};
     if (!(s->cache = expert_cache_create(s->io, &cc, err, errlen))) goto bad;
     if (s->pf_io && !expert_cache_prefetching(s->cache)) { /* no room for it */
         expert_io_free(s->pf_io);
         s->pf_io = NULL;
     }
-    if (s->pf_io) s->base.prefetch = stream_prefetch;
+    if (s->pf_io) s->base.prefetch = stream_prefetch, s->base.readahead = stream_readahead;
     return &s->base;
 bad:
     stream_free(&s->base);

@@ -60,6 +60,7 @@ static int scratch_list(state *s, const model_config *c, size_t K, size_t C, siz
     /* eh: one expert's rows of a chunk, or a decoded token's K experts and the shared one at once (moe.c) */
     F(sg, C), F(sh, C * H), F(xe, C * H), F(eh, (C > K + 1 ? C : K + 1) * inter), F(eu, C * inter);
     F(expert_out, R * H), F(expert_w, R), I(expert_rows, R), I(batch_off, K + 1), I(expert_n, E), I(batch_ids, K);
+    I(ahead_ids, E);
     b[n++] = (scratch_buf){(void **)&s->views, K + 1, sizeof(expert_view)};
     b[n++] = (scratch_buf){(void **)&s->times, (size_t)c->n_layers * T_COUNT, sizeof(double)};
 #undef F
@@ -106,6 +107,7 @@ state *state_create(const model *m, int max_ctx, char *err, size_t errlen) {
     int n = scratch_list(s, c, (size_t)m->top_k, (size_t)s->chunk, (size_t)pool_size(m->pool), (size_t)max_ctx, b);
     for (int i = 0; i < n; i++) ok &= zcalloc(b[i].at, b[i].n, b[i].size);
     if (!ok) goto oom;
+    for (int e = 0; e < c->n_experts; e++) s->ahead_ids[e] = e;
     return s;
 oom:
     snprintf(err, errlen, "out of memory for the model state (context %d)", max_ctx);
@@ -236,8 +238,12 @@ static int forward_chunk(model *m, state *s, const int32_t *tokens, int T, float
     for (int r = 0; r < T; r++) kernel_row_f32(x + (size_t)r * H, &m->embed, tokens[r]); /* embed_tokens */
     if (s->timing) s->t_head += util_now_seconds() - t0;
     t = state_clock(s);
+    /* a chunk whose routing will use nearly every expert of a layer ((1 - K/E)^T < 5% unused) reads them
+     * ahead, while the layer's mixer runs: otherwise the disk would idle through it */
+    int ahead = m->experts->readahead && T * m->top_k >= 3 * c->n_experts;
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *w = &m->layers[l];
+        if (ahead && experts_readahead(m->experts, l, s->ahead_ids, c->n_experts, err, errlen)) return -1;
         /* h = x + mixer(input_layernorm(x)) */
         for (int r = 0; r < T; r++) rmsnorm(xn + (size_t)r * H, x + (size_t)r * H, w->input_norm, H, c->norm_eps);
         state_tick(s, l, T_OTHER, &t);
@@ -309,6 +315,9 @@ void state_timing_report(const state *s, double wall, FILE *f) {
                 (unsigned long long)st.predictions_skipped, (unsigned long long)st.predictions,
                 (unsigned long long)st.prefetched, (unsigned long long)st.prefetch_used,
                 st.prefetched ? 100.0 * st.prefetch_used / st.prefetched : 0.0);
+    if (st.read_ahead)
+        fprintf(f, "read-ahead: %llu experts of prompt chunks read while their layer's mixer ran\n",
+                (unsigned long long)st.read_ahead);
 }
 
 int model_forward(model *m, state *s, const int32_t *tokens, int n, float *logits, int all_logits, char *err,

@@ -40,6 +40,7 @@ struct state {
     int *batch_off;         /* [K + 1] */
     int *expert_n;          /* [E]: rows routed to each expert in this chunk */
     int *batch_ids;         /* [K] */
+    int *ahead_ids;         /* [E]: 0 .. E - 1, the experts a prompt chunk reads ahead (forward.c) */
     expert_view *views;     /* [K + 1]: a decoded token's experts and the shared one, computed together (moe.c) */
 };
 

@@ -765,27 +765,36 @@ static expert_io *prefetch_rig(cache_rig *r, expert_io_backend b, const char *fa
     return pf;
 }
 
+/* A cache of 8 x 8 records with a prefetch engine (whose first read fails when `fail`), `working` and
+ * `budget` records, read-ahead of up to `ahead` experts. NULL (nothing to free) when it cannot be made. */
+static expert_io *prefetch_cache(cache_rig *r, int b, int fail, int working, int budget, int ahead) {
+    char err[512];
+    if (fail) setenv("FLASHMOE_TEST_PREFETCH_FAIL", "1", 1);
+    expert_io *pf = prefetch_rig(r, (expert_io_backend)b, "FLASHMOE_TEST_PREFETCH_FAIL");
+    unsetenv("FLASHMOE_TEST_PREFETCH_FAIL");
+    if (!pf) return NULL;
+    expert_cache_config cfg = {.n_layers = 8, .n_experts = 8, .working = working,
+                               .budget_bytes = (size_t)budget * REC, .slot_bytes = REC, .locate = locate_record,
+                               .locate_ctx = &r->loc, .prefetch_io = pf, .readahead_max = ahead};
+    r->cache = expert_cache_create(r->io, &cfg, err, sizeof err);
+    CHECK(r->cache != NULL, "%s", err);
+    if (!r->cache) {
+        rig_free(r);
+        expert_io_free(pf);
+        return NULL;
+    }
+    return pf;
+}
+
 /* Prefetch through a second engine: predicted experts become hits with the right bytes, a prediction
  * made during a layer starts once that layer has its reads, and a failed prefetch read only costs a miss. */
 static void test_cache_prefetch(void) {
     char err[512];
     for (int b = 0; b < 2; b++)
         for (int fail = 0; fail < 2; fail++) {
-            if (fail) setenv("FLASHMOE_TEST_PREFETCH_FAIL", "1", 1);
             cache_rig r;
-            expert_io *pf = prefetch_rig(&r, (expert_io_backend)b, "FLASHMOE_TEST_PREFETCH_FAIL");
-            unsetenv("FLASHMOE_TEST_PREFETCH_FAIL");
+            expert_io *pf = prefetch_cache(&r, b, fail, 4, 4, 0);
             if (!pf) continue;
-            expert_cache_config cfg = {.n_layers = 8, .n_experts = 8, .working = 4, .budget_bytes = 4 * (size_t)REC,
-                                       .slot_bytes = REC, .locate = locate_record, .locate_ctx = &r.loc,
-                                       .prefetch_io = pf};
-            r.cache = expert_cache_create(r.io, &cfg, err, sizeof err);
-            CHECK(r.cache != NULL, "%s", err);
-            if (!r.cache) {
-                rig_free(&r);
-                expert_io_free(pf);
-                continue;
-            }
             expert_cache_stats st;
             expert_cache_stats_get(r.cache, &st);
             CHECK(st.slots == 8, "%d slots: the prefetch slots come out of the budget", st.slots);
@@ -819,6 +828,60 @@ static void test_cache_prefetch(void) {
             rig_free(&r);
             expert_io_free(pf);
         }
+}
+
+/* Read-ahead (prompt chunks): a layer's experts named in order are read through the prefetch engine into
+ * as many slots as leave 2 x working free, become hits with the right bytes, are counted apart from
+ * predictions, and a failed read only costs misses; a begin of another layer while they load still finds
+ * free slots. */
+static void test_cache_readahead(void) {
+    char err[512];
+    const int all[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (int b = 0; b < 2; b++)
+        for (int fail = 0; fail < 2; fail++) {
+            cache_rig r;
+            expert_io *pf = prefetch_cache(&r, b, fail, 2, 8, 8); /* 8 + 2 slots, 2 x 2 stay free: 6 read ahead */
+            if (!pf) continue;
+            CHECK(expert_cache_readahead(r.cache, 1, all, 8, err, sizeof err) == 0, "%s", err);
+            int misses = 0;
+            for (int k = 0; k < 8; k += 2) misses += run_layer(r.cache, 1, all + k, 2, 8);
+            expert_cache_stats st;
+            expert_cache_stats_get(r.cache, &st);
+            if (!fail)
+                CHECK(misses == 2 && st.read_ahead == 6 && st.hits == 6, "misses %d, read ahead %llu, hits %llu",
+                      misses, (unsigned long long)st.read_ahead, (unsigned long long)st.hits);
+            else
+                CHECK(misses >= 3 && st.prefetch_failures == 1, "after a failed read-ahead: misses %d, failures %llu",
+                      misses, (unsigned long long)st.prefetch_failures);
+            CHECK(st.prefetched == 0 && st.prefetch_used == 0 && st.predictions == 0 && st.predicted_asked == 0,
+                  "a read-ahead counted as a prediction");
+            /* another layer begins while a read-ahead loads: its misses find slots, its bytes are right */
+            CHECK(expert_cache_readahead(r.cache, 2, all, 8, err, sizeof err) == 0, "%s", err);
+            CHECK(run_layer(r.cache, 3, (int[]){6, 7}, 2, 8) == 2, "layer 3: both missed");
+            int m2 = run_layer(r.cache, 2, (int[]){0, 5}, 2, 8);
+            CHECK(fail || m2 == 0, "layer 2 after its read-ahead: %d misses", m2); /* the injected failure is spent */
+            /* bad arguments */
+            CHECK(expert_cache_readahead(r.cache, 8, all, 1, err, sizeof err) < 0, "layer 8 accepted");
+            CHECK(expert_cache_readahead(r.cache, 0, (int[]){1, 1}, 2, err, sizeof err) < 0, "duplicate accepted");
+            CHECK(expert_cache_readahead(r.cache, 0, (int[]){0, 1, 2, 3, 4, 5, 6, 7, 0}, 9, err, sizeof err) < 0,
+                  "more than readahead_max accepted");
+            /* left in flight at free */
+            CHECK(expert_cache_readahead(r.cache, 4, all, 8, err, sizeof err) == 0, "%s", err);
+            rig_free(&r);
+            expert_io_free(pf);
+        }
+    /* no prefetch engine: refused */
+    cache_rig r;
+    memset(&r, 0, sizeof r);
+    r.io = engine_make(EXPERT_IO_THREADS, EXPERT_IO_DIRECT, SMALL_CHUNK);
+    if (r.io) {
+        r.loc = (locate_ctx){expert_io_open(r.io, g_fx.path, err, sizeof err), 8, 0};
+        expert_cache_config cfg = {.n_layers = 8, .n_experts = 8, .working = 2, .budget_bytes = 4 * (size_t)REC,
+                                   .slot_bytes = REC, .locate = locate_record, .locate_ctx = &r.loc};
+        r.cache = expert_cache_create(r.io, &cfg, err, sizeof err);
+        CHECK(r.cache && expert_cache_readahead(r.cache, 0, all, 2, err, sizeof err) < 0, "read-ahead without an engine");
+    }
+    rig_free(&r);
 }
 
 /* prefetch_fit: how much of a prediction is read (what the disk reads in the idle window), no prefetch
@@ -902,6 +965,7 @@ int main(void) {
     RUN_TEST(test_cache_budget);
     RUN_TEST(test_cache_prefetch);
     RUN_TEST(test_cache_prefetch_fit);
+    RUN_TEST(test_cache_readahead);
     fixture_free(&g_fx);
     TEST_EXIT();
 }

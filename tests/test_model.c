@@ -171,6 +171,38 @@ static void test_grouped_experts_same_bits(void) {
     free(r.logits);
 }
 
+/* A prompt in one chunk, experts streamed with read-ahead (each layer's experts read while its mixer
+ * runs: the prompt routes to nearly all of them) against mapped: the same bits, and every expert the
+ * layers asked for was read ahead, none missed. */
+static void test_readahead_same_bits(void) {
+    reference r;
+    if (reference_load(&r, fixtures[0])) return;
+    float *out[2];
+    for (int k = 0; k < 2; k++) {
+        char err[1024];
+        model_opts o = {.threads = 2, .io = k ? EXPERTS_IO_DIRECT : EXPERTS_IO_MMAP, .cache_bytes = (size_t)4 << 20,
+                        .prefetch = k ? MODEL_PREFETCH_ON : MODEL_PREFETCH_AUTO};
+        model *m = model_load(fixtures[0], &o, err, sizeof err);
+        CHECK(m != NULL, "%s", err);
+        out[k] = calloc((size_t)r.n_prompt * r.vocab, sizeof(float));
+        if (!m) continue;
+        CHECK(r.n_prompt * m->top_k >= 3 * m->cfg.n_experts, "the prompt (%d) is too short to read ahead", r.n_prompt);
+        state *s = state_create(m, 256, err, sizeof err);
+        CHECK(model_forward(m, s, r.prompt, r.n_prompt, out[k], 1, err, sizeof err) == 0, "%s", err);
+        experts_stats st;
+        experts_stats_get(m->experts, &st);
+        if (k)
+            CHECK(st.read_ahead > 0 && st.misses == 0 && st.hits > 0, "read ahead %llu, hits %llu, misses %llu",
+                  (unsigned long long)st.read_ahead, (unsigned long long)st.hits, (unsigned long long)st.misses);
+        state_free(s);
+        model_free(m);
+    }
+    CHECK(memcmp(out[0], out[1], sizeof(float) * (size_t)r.n_prompt * r.vocab) == 0, "mapped and read-ahead logits differ");
+    free(out[0]);
+    free(out[1]);
+    free(r.logits);
+}
+
 static void test_greedy_matches_transformers(void) {
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_greedy(fixtures[i]);
 }
@@ -312,6 +344,7 @@ int main(void) {
     RUN_TEST(test_logits_any_prompt_chunk);
     RUN_TEST(test_logits_token_by_token_threaded);
     RUN_TEST(test_grouped_experts_same_bits);
+    RUN_TEST(test_readahead_same_bits);
     RUN_TEST(test_greedy_matches_transformers);
     RUN_TEST(test_every_kernel_level);
     RUN_TEST(test_fewer_experts_per_token);
