@@ -438,6 +438,7 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "prefill_fraction_of_floor", pre_frac);
         cJSON_AddNumberToObject(o, "peak_cgroup_bytes", peak);
         cJSON_AddNumberToObject(o, "expert_source_memory_bytes", (double)st.memory_bytes); /* buffers and cache */
+        cJSON_AddNumberToObject(o, "experts_read_ahead", (double)st.read_ahead);
         if (m->io_note[0]) cJSON_AddStringToObject(o, "io_note", m->io_note);
         char *text = cJSON_PrintUnformatted(o);
         printf("%s\n", text);
@@ -474,7 +475,10 @@ int cmd_bench(int argc, char **argv) {
         if (pre_frac > 1 || frac > 1)
             printf("note: above 100%% of a floor: this run read from disk faster than the measured random-record "
                    "bandwidth (page-cache readahead), so that floor does not bound it\n");
-        printf("expert cache hit rate %.1f%%%s", 100 * hit, cap_mb ? "" : "\n");
+        printf("expert cache hit rate %.1f%%", 100 * hit);
+        if (st.read_ahead) /* hits that are not reuse: prompt chunks' experts read during their mixer */
+            printf(" (the hits include prompt chunks' experts: %llu read ahead)", (unsigned long long)st.read_ahead);
+        printf("%s", cap_mb ? "" : "\n");
         if (cap_mb) printf(", peak memory %.0f MiB of the %d MiB cap\n", peak / 1048576, cap_mb);
     }
     rc = 0;
