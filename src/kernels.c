@@ -525,8 +525,17 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
 /* ---- the arithmetic peak ----------------------------------------------------------------------- */
 
 typedef struct {
-    double seconds, rate[256], rate2[256]; /* rate2: the AVX2 level's int16 products (vpmaddwd) */
+    double seconds, rate[256], rate2[256]; /* rate2: the int16 products (AVX2 and AVX-512 levels) */
 } peak_job;
+
+static int cpu_vnni(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
 
 static void peak_task(void *arg, int t, int n_tasks) {
     (void)n_tasks;
@@ -534,8 +543,10 @@ static void peak_task(void *arg, int t, int n_tasks) {
     double r = 0.0, r2 = 0.0;
 #if defined(__x86_64__)
     if (kernel_level_active() == KERNEL_AMX) r = kernel_amx_int8_rate(j->seconds) / 2;
-    else if (kernel_level_active() == KERNEL_AVX512) r = kernel_fma_rate_avx512(j->seconds);
-    else if (kernel_level_active() == KERNEL_AVX2) {
+    else if (kernel_level_active() == KERNEL_AVX512) {
+        r = kernel_fma_rate_avx512(j->seconds);
+        r2 = kernel_madd16_rate_avx512(j->seconds, cpu_vnni());
+    } else if (kernel_level_active() == KERNEL_AVX2) {
         r = kernel_fma_rate_avx2(j->seconds);
         r2 = kernel_madd16_rate_avx2(j->seconds);
     }
@@ -557,12 +568,15 @@ static void peak_task(void *arg, int t, int n_tasks) {
     if (t < 256) j->rate[t] = r, j->rate2[t] = r2;
 }
 
-static int peak_was_int16; /* the last kernel_peak_mac_rate at the AVX2 level measured vpmaddwd faster */
+static int peak_was_int16; /* the last kernel_peak_mac_rate measured the int16 products faster */
 
 const char *kernel_peak_name(void) {
     switch (kernel_level_active()) {
     case KERNEL_AMX: return "AMX (int8 tile products / 2)";
-    case KERNEL_AVX512: return "f32 FMA (512-bit)";
+    case KERNEL_AVX512:
+        if (!peak_was_int16) return "f32 FMA (512-bit)";
+        return cpu_vnni() ? "int16 vpdpwssd (512-bit; faster than f32 FMA here)"
+                          : "int16 vpmaddwd (512-bit; faster than f32 FMA here)";
     case KERNEL_AVX2: return peak_was_int16 ? "int16 vpmaddwd (256-bit; faster than f32 FMA here)" : "f32 FMA (256-bit)";
     default: return "f32 scalar";
     }

@@ -7,8 +7,8 @@
  * environment forces a level (tests, benchmarks); kernel_level_force does the same from code. All
  * levels compute the same sums in f32; they differ only in summation order, by at most ~1e-5 of
  * sum_c |w_rc x_c| (tests/test_kernels.c gives the reasoning), except that the AVX2, AVX-512 and amx
- * levels round x to int16 per group for Q4/Q2 rows, and the AVX2 and amx levels for Q8/Q4/Q2 prompt
- * chunks too (kernel_uses_int16_x; bound in kernels_impl.h).
+ * levels round x to int16 per group for Q4/Q2 rows, and for Q8/Q4/Q2 prompt chunks too
+ * (kernel_uses_int16_x; bound in kernels_impl.h).
  *
  * Layout requirements (qmat_check): quantized matrices have group 32, 64 or 128 and cols a multiple
  * of group. Output y is indexed by absolute row: rows r0 <= r < r1 write y[r] only.
@@ -48,9 +48,9 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x);
 
 /* Y[j][r] = sum_c W[r][c] * X[j][c] for j < n, r0 <= r < r1: Y is n x rows and X is n x cols, both
  * row-major (Y = X W^T). At the AVX2 and AVX-512 levels, from a few rows of X on, W is unpacked once
- * per 96 rows of X into panels: f32 panels and an FMA micro-kernel (kernels_gemm_avx2.c), except that at
- * the AVX2 level Q8/Q4/Q2 weights go to int16 panels and vpmaddwd (kernels_gemm_int16_avx2.c; x rounded
- * to int16 per group, kernel_uses_int16_x); below that, each W row is unpacked once per 4 rows of X (16
+ * per 96 rows of X into panels: f32 panels and an FMA micro-kernel (kernels_gemm_avx2.c), except that
+ * Q8/Q4/Q2 weights go to int16 panels and vpmaddwd or vpdpwssd (kernels_gemm_int16_avx2.c, the AVX-512
+ * tile in kernels_avx512.c; x rounded to int16 per group, kernel_uses_int16_x); below that, each W row is unpacked once per 4 rows of X (16
  * on the int16 path). At the amx level, Q8/Q4/Q2 weights go to AMX tiles instead (kernels_amx.c; x
  * rounded the same way). Up to ~115 KB of stack. */
 void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
@@ -76,8 +76,8 @@ int kernel_uses_int16_x(const qmat *w, int n);
 
 /* The CPU's multiply-add peak for prompt-chunk products at the active level, measured: every thread of
  * the pool runs a register-only loop for `seconds` at once; the sum of their rates (multiply-adds per
- * second). f32 FMAs at the vector width (scalar level: a scalar loop); at the AVX2 level the larger of
- * that and int16 vpmaddwd products (each loop `seconds`); at the amx level, byte products on tiles
+ * second). f32 FMAs at the vector width (scalar level: a scalar loop); at the AVX2 and AVX-512 levels the
+ * larger of that and int16 products (vpmaddwd, or vpdpwssd with VNNI; each loop `seconds`); at the amx level, byte products on tiles
  * halved (each multiply-add at int16 precision is two of them). kernel_peak_name says which. */
 double kernel_peak_mac_rate(pool *p, double seconds);
 const char *kernel_peak_name(void);

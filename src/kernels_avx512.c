@@ -261,6 +261,114 @@ void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, 
 
 KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_cvtss_f32, 16)
 
+/* ---- the int16 GEMM's tile (kernel_gemm_int16_run): one panel step of 16 weight rows is one zmm ----- */
+
+#define GEMM16_NR512 8 /* x rows per tile: 8 int32 and 8 f32 accumulators */
+
+/* acc + the sums of adjacent int16 products of w and x per int32 lane, added in place: vpdpwssd with
+ * VNNI (assembly: this file is not compiled for VNNI; the caller's level checked cpuid), else vpmaddwd
+ * and vpaddd as one statement (GCC otherwise adds into a copy; see kernels_gemm_int16_avx2.c). */
+AI __m512i madd_acc512(__m512i acc, __m512i w, __m512i x, const int VNNI) {
+    if (VNNI) {
+        __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
+        return acc;
+    }
+    __m512i t;
+    __asm__("vpmaddwd %2, %3, %1\n\tvpaddd %1, %0, %0" : "+v"(acc), "=&v"(t) : "v"(w), "v"(x));
+    return acc;
+}
+
+AI void micro16_512(const int NR, const int VNNI, const int32_t *P, const int32_t *Xp, const float *xd,
+                    const float *xs, const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr,
+                    int first) {
+    __m512 f[GEMM16_NR512];
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+        f[j] = _mm512_setzero_ps();
+        if (!first) _mm_prefetch((const char *)(Y + (size_t)j * ldy), _MM_HINT_T0);
+    }
+    for (int g = 0; g < ng; g++) {
+        __m512i a[GEMM16_NR512];
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) a[j] = _mm512_setzero_si512();
+        const int32_t *p = P + (size_t)g * spg * 16, *x = Xp + (size_t)g * spg;
+        for (int st = 0; st < spg; st++) {
+            __m512i wv = _mm512_load_si512((const void *)(p + st * 16));
+            _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++)
+                a[j] = madd_acc512(a[j], wv, _mm512_set1_epi32(x[(size_t)j * GEMM16_STEPS + st]), VNNI);
+        }
+        __m512 sv = _mm512_load_ps(sc + g * 16), bv = _mm512_load_ps(bi + g * 16);
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+            __m512 d = _mm512_set1_ps(xd[j * GEMM16_MAXG + g]), t = _mm512_set1_ps(xs[j * GEMM16_MAXG + g]);
+            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[j]), _mm512_mul_ps(sv, d), _mm512_fmadd_ps(bv, t, f[j]));
+        }
+    }
+    const __mmask16 m = mask16(nr);
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+        float *y = Y + (size_t)j * ldy;
+        _mm512_mask_storeu_ps(y, m, first ? f[j] : _mm512_add_ps(f[j], _mm512_maskz_loadu_ps(m, y)));
+    }
+}
+
+#define TILE16_512(NAME, VNNI)                                                                                  \
+    static void NAME(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs,           \
+                     const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr, int first) { \
+        switch (rows) {                                                                                         \
+        case 1: micro16_512(1, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
+        case 2: micro16_512(2, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
+        case 3: micro16_512(3, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
+        case 4: micro16_512(4, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
+        case 5: micro16_512(5, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
+        case 6: micro16_512(6, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
+        case 7: micro16_512(7, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
+        default: micro16_512(8, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                \
+        }                                                                                                       \
+    }
+TILE16_512(tile16_512, 0)
+TILE16_512(tile16_512_vnni, 1)
+
+void kernel_gemm_int16_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
+    _Static_assert(GEMM16_NB % GEMM16_NR512 == 0, "passes hold whole tiles");
+    if (kernel_gemm_int16_rounds_x(w->type)) kernel_gemm_int16_run(Y, w, X, n, r0, r1, GEMM16_NR512, tile16_512);
+    else kernel_gemm_avx512(Y, w, X, n, r0, r1);
+}
+
+void kernel_gemm_int16_avx512_vnni(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
+    if (kernel_gemm_int16_rounds_x(w->type))
+        kernel_gemm_int16_run(Y, w, X, n, r0, r1, GEMM16_NR512, tile16_512_vnni);
+    else kernel_gemm_avx512(Y, w, X, n, r0, r1);
+}
+
+/* int16 multiply-adds per second of this thread's 512-bit vpdpwssd (vnni) or vpmaddwd + vpaddd: 10
+ * independent chains on registers, 32 multiply-adds per link. */
+static __attribute__((noinline)) void madd16_rounds512(__m512i *a, int vnni) {
+    __m512i a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7], a8 = a[8], a9 = a[9];
+    const __m512i xv = _mm512_set1_epi16(3);
+#define LINK(a, V) a = madd_acc512(a, a, xv, V)
+#define ROUNDS(V)                                                                     \
+    for (int r = 0; r < 4096; r++) {                                                  \
+        LINK(a0, V), LINK(a1, V), LINK(a2, V), LINK(a3, V), LINK(a4, V);              \
+        LINK(a5, V), LINK(a6, V), LINK(a7, V), LINK(a8, V), LINK(a9, V);              \
+    }
+    if (vnni) ROUNDS(1) else ROUNDS(0)
+#undef ROUNDS
+#undef LINK
+    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3, a[4] = a4, a[5] = a5, a[6] = a6, a[7] = a7, a[8] = a8, a[9] = a9;
+}
+
+double kernel_madd16_rate_avx512(double seconds, int vnni) {
+    __m512i a[10];
+    for (int i = 0; i < 10; i++) a[i] = _mm512_set1_epi32(i + 1);
+    long iters = 0;
+    double t0 = util_now_seconds(), dt;
+    do {
+        madd16_rounds512(a, vnni);
+        iters += 4096;
+    } while ((dt = util_now_seconds() - t0) < seconds);
+    int sink = 0;
+    for (int i = 0; i < 10; i++) sink += _mm512_reduce_add_epi32(a[i]);
+    __asm__ volatile("" : : "r"(sink));
+    return (double)iters * 10 * 32 / dt;
+}
+
 #define OPS_AVX512(NAME, Q4, Q2, GEMM, ROUNDS)                                                          \
     {.name = NAME,                                                                                \
      .lanes = LANES,                                                                              \
@@ -276,9 +384,10 @@ KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_
      .gemm_f32x = kernel_gemm_avx512,                                                             \
      .silu_mul = kernel_silu_mul_avx2,                                                            \
      .exp_sum = kernel_exp_sum_avx2}
-static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2, kernel_gemm_avx512, NULL);
-static const kernel_ops ops_avx512_vnni =
-    OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni, kernel_gemm_avx512, NULL);
+static const kernel_ops ops_avx512 = OPS_AVX512("avx512", kernel_rows_q4_avx2, kernel_rows_q2_avx2,
+                                                kernel_gemm_int16_avx512, kernel_gemm_int16_rounds_x);
+static const kernel_ops ops_avx512_vnni = OPS_AVX512("avx512", kernel_rows_q4_vnni, kernel_rows_q2_vnni,
+                                                     kernel_gemm_int16_avx512_vnni, kernel_gemm_int16_rounds_x);
 /* The amx level: the same row kernels (an AMX CPU has VNNI), prompt chunks on tiles. */
 static const kernel_ops ops_amx = OPS_AVX512("amx", kernel_rows_q4_vnni, kernel_rows_q2_vnni, kernel_gemm_amx,
                                                 kernel_gemm_amx_rounds_x);

@@ -32,11 +32,11 @@
 #include "util.h"
 
 #define AI static inline __attribute__((always_inline))
-#define I16_NR 4                /* x rows per micro tile: 8 int32 accumulators (6 measured no faster) */
-#define I16_KC 256              /* columns per block: a multiple of every group */
-#define I16_NB 96               /* x rows per pass: their packed block (48 KB) stays in L2 */
-#define I16_MAXG (I16_KC / 32)  /* groups per block */
-#define I16_STEPS (I16_KC / 2)  /* steps (column pairs) per block */
+#define I16_NR 4 /* x rows per AVX2 micro tile: 8 int32 accumulators (6 measured no faster) */
+#define I16_KC GEMM16_KC
+#define I16_NB GEMM16_NB
+#define I16_MAXG GEMM16_MAXG
+#define I16_STEPS GEMM16_STEPS
 #define FOR_J _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)
 
 int kernel_gemm_int16_rounds_x(dtype t) { return t == DTYPE_Q8 || t == DTYPE_Q4 || t == DTYPE_Q2; }
@@ -227,8 +227,8 @@ AI void micro(const int NR, const int32_t *P, const int32_t *Xp, const float *xd
     }
 }
 
-static void tile(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs, const float *sc,
-                 const float *bi, int ng, int spg, float *Y, size_t ldy, int nr, int first) {
+static void tile_avx2(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs,
+                      const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr, int first) {
     switch (rows) {
     case 1: micro(1, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;
     case 2: micro(2, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;
@@ -242,6 +242,11 @@ void kernel_gemm_int16_avx2(float *Y, const qmat *w, const float *X, int n, int 
         kernel_gemm_avx2(Y, w, X, n, r0, r1);
         return;
     }
+    kernel_gemm_int16_run(Y, w, X, n, r0, r1, I16_NR, tile_avx2);
+}
+
+void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt,
+                           kernel_gemm16_tile tile) {
     _Alignas(64) int32_t P[I16_STEPS * 16];
     _Alignas(64) int32_t Xp[I16_NB * I16_STEPS];
     _Alignas(64) float xd[I16_NB * I16_MAXG], xs[I16_NB * I16_MAXG], sc[I16_MAXG * 16], bi[I16_MAXG * 16];
@@ -256,8 +261,8 @@ void kernel_gemm_int16_avx2(float *Y, const qmat *w, const float *X, int n, int 
                 int nr = r1 - rb < 16 ? r1 - rb : 16;
                 kernel_prefetch_panel_ahead(w, rb, r0, r1, kb, I16_KC);
                 panel_fill(P, sc, bi, w, rb, nr, kb, kc);
-                for (int j = jb; j < je; j += I16_NR)
-                    tile(je - j < I16_NR ? je - j : I16_NR, P, Xp + (size_t)(j - jb) * I16_STEPS,
+                for (int j = jb; j < je; j += nrt)
+                    tile(je - j < nrt ? je - j : nrt, P, Xp + (size_t)(j - jb) * I16_STEPS,
                          xd + (j - jb) * I16_MAXG, xs + (j - jb) * I16_MAXG, sc, bi, kc / group, group / 2,
                          Y + (size_t)j * ldy + rb, ldy, nr, kb == 0);
             }

@@ -24,8 +24,8 @@
  * kernels.)
  * Q4 and Q2 take this path at the AVX2 and AVX-512 levels; Q8 (slower this way: its f32 unpacking is a
  * single convert) and Q3 (8 values in 24 bits do not fit 16-bit lanes) keep f32 x and one FMA per
- * weight. The prompt-chunk GEMMs of the AVX2 level (kernels_gemm_int16_avx2.c) and the amx level
- * (kernels_amx.c) round x this way for Q8, Q4 and Q2. */
+ * weight. The prompt-chunk GEMMs of the AVX2 and AVX-512 levels (kernels_gemm_int16_avx2.c) and the amx
+ * level (kernels_amx.c) round x this way for Q8, Q4 and Q2. */
 #ifndef FLASHMOE_KERNELS_IMPL_H
 #define FLASHMOE_KERNELS_IMPL_H
 #include "kernels.h"
@@ -95,7 +95,7 @@ typedef struct {
     /* Y = X W^T for rows [r0, r1) when n >= GEMM_MIN_N (kernel_matmat_rows' contract): W unpacked once
      * into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
     void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
-    /* 1 when gemm rounds x to int16 per group for weights of type t (the AVX2 and amx levels: Q8, Q4,
+    /* 1 when gemm rounds x to int16 per group for weights of type t (every SIMD level: Q8, Q4,
      * Q2); NULL: never. */
     int (*gemm_rounds_x)(dtype t);
     /* What replaces the int16 path when x must stay f32 (kernel_f32_x_force, FLASHMOE_F32_X): row
@@ -129,9 +129,29 @@ void kernel_prefetch_panel_ahead(const qmat *w, int rb, int r0, int r1, int kb, 
 void kernel_gemm_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt, kernel_gemm_tile tile);
 void kernel_gemm_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 /* The AVX2 level's GEMM (kernels_gemm_int16_avx2.c): Q8/Q4/Q2 with x rounded to int16 per group and
- * vpmaddwd, other types through kernel_gemm_avx2. kernel_gemm_int16_rounds_x: the types it rounds x for. */
+ * vpmaddwd, other types through kernel_gemm_avx2. kernel_gemm_int16_rounds_x: the types it rounds x for.
+ * Its blocks: GEMM16_NB x rows per pass, GEMM16_KC columns, 16 weight rows per panel; x packed as int16
+ * pairs, Xp[j * GEMM16_STEPS + s], and per row and group d and the f32 sum at [j * GEMM16_MAXG + g]; the
+ * panel P[s * 16 + i] (int16 code pairs of weight row i), its scales and biases sc/bi[g * 16 + i]. */
+#define GEMM16_KC 256
+#define GEMM16_NB 96 /* a multiple of every tile height */
+#define GEMM16_MAXG (GEMM16_KC / 32)
+#define GEMM16_STEPS (GEMM16_KC / 2)
 void kernel_gemm_int16_avx2(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 int kernel_gemm_int16_rounds_x(dtype t);
+/* A tile of the int16 GEMM: Y[j][0 .. nr) (+ unless first)= x rows j < rows (Xp, xd, xs at the tile's first)
+ * times the panel, over ng groups of spg steps. */
+typedef void (*kernel_gemm16_tile)(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs,
+                                   const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr,
+                                   int first);
+/* The int16 GEMM's driver (Q8/Q4/Q2 only), with tiles of nrt x rows: the AVX2 level's and the AVX-512 level's. */
+void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt,
+                           kernel_gemm16_tile tile);
+/* The AVX-512 level's (kernels_avx512.c): the same panels, 16 weight rows in one zmm, tiles of 8 x rows,
+ * vpdpwssd where the CPU has AVX512-VNNI; other types through kernel_gemm_avx512. */
+void kernel_gemm_int16_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+void kernel_gemm_int16_avx512_vnni(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
+double kernel_madd16_rate_avx512(double seconds, int vnni);
 /* int16 multiply-adds per second of this thread's vpmaddwd (register-only loop): the AVX2 level's
  * arithmetic peak for those products. */
 double kernel_madd16_rate_avx2(double seconds);

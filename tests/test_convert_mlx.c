@@ -632,7 +632,7 @@ static void tally_print(const char *label, const tally *t) {
  *   batched prefill, so 1e-3 is used, while a real mistake such as a norm off by one or a lossy
  *   requantization moves them by 1e-2 or more).
  * - The kernels as they run by default, where Q8/Q4/Q2 products round x to int16 per group (the row
- *   kernels from the AVX2 level up, and the AVX2 and amx prompt-chunk GEMMs; kernels_impl.h). Each
+ *   kernels from the AVX2 level up, and the prompt-chunk GEMMs of every SIMD level; kernels_impl.h). Each
  *   product stays within the bound test_kernels derives (1.5e-5 of the group's largest |x| per unit of
  *   |q s|), but a perturbation that small can still swap an expert where two of a token's router
  *   scores nearly tie, and that moves the logits by a few percent of their range: measured 3.4e-3 of

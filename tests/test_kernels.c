@@ -13,20 +13,20 @@
  * sizes here (n <= 21k) while catching any real fault: one element unpacked wrong, a wrong scale or
  * bias, or a dropped tail moves the result by ~|w_c x_c| / sum|w x| >= 1/n, i.e. >= 5e-5.
  *
- * The int16 path (kernel_uses_int16_x: AVX2/AVX-512 rows for Q4/Q2; the AVX2 and amx prompt-chunk GEMMs for
- * Q8/Q4/Q2) also rounds x to 16 bits per group, and only this path gets an extra term, qerr = sum_g 0.5 *
- * 1.01 * (m_g / 32767) * sum_{c in g} |q_c s_g|, m_g = max_{c in g} |x_c|. Derivation: x_c is replaced by
- * d_g * xq_c with d_g = fl(m_g / 32767), f_c = fl(x_c * fl(32767 / m_g)) and xq_c = round(f_c). f_c is
- * within 2^-23 relative of x_c / d_g (two roundings plus d_g's own) and |f_c - xq_c| <= 0.5, hence |x_c -
- * d_g xq_c| <= d_g / 2 + 2^-22 |x_c|. The bias half sum_g b_g xsum_g uses the exact f32 x, so the dot
- * product moves by at most sum_c |q_c s_g| times that; the 2^-22 |x_c| part is at most 2^-22 * sum |q_c s_g
- * x_c| <= ~4 * 2^-22 sum|w x| (q s vs q s + b, as above), inside REL_TOL's margin, and qerr covers the rest
- * (1.01: slack for the f32 roundings of d_g and m_g). That is at most 1.5e-5 of the group's largest |x| per
- * unit of |q s|: far below the weights' own quantization error (a q4 step is 1/15 of the group's range).
- * The integer sums q . xq are exact in int32 (<= 128 * 255 * 32767 < 2^31 per group); their conversion to
- * f32 and the scaling by s_g d_g are f32 roundings of the same kind as the f32 path's. A wrong code, scale
- * or tail still moves the result by ~|w_c x_c|: the tests' data keep |x_c| within a small factor of m_g, so
- * that is thousands of times qerr's share per weight. */
+ * The int16 path (kernel_uses_int16_x: AVX2/AVX-512 rows for Q4/Q2; the prompt-chunk GEMMs of every SIMD
+ * level for Q8/Q4/Q2) also rounds x to 16 bits per group, and only this path gets an extra term, qerr =
+ * sum_g 0.5 * 1.01 * (m_g / 32767) * sum_{c in g} |q_c s_g|, m_g = max_{c in g} |x_c|. Derivation: x_c is
+ * replaced by d_g * xq_c with d_g = fl(m_g / 32767), f_c = fl(x_c * fl(32767 / m_g)) and xq_c = round(f_c).
+ * f_c is within 2^-23 relative of x_c / d_g (two roundings plus d_g's own) and |f_c - xq_c| <= 0.5, hence
+ * |x_c - d_g xq_c| <= d_g / 2 + 2^-22 |x_c|. The bias half sum_g b_g xsum_g uses the exact f32 x, so the
+ * dot product moves by at most sum_c |q_c s_g| times that; the 2^-22 |x_c| part is at most 2^-22 * sum |q_c
+ * s_g x_c| <= ~4 * 2^-22 sum|w x| (q s vs q s + b, as above), inside REL_TOL's margin, and qerr covers the
+ * rest (1.01: slack for the f32 roundings of d_g and m_g). That is at most 1.5e-5 of the group's largest
+ * |x| per unit of |q s|: far below the weights' own quantization error (a q4 step is 1/15 of the group's
+ * range). The integer sums q . xq are exact in int32 (<= 128 * 255 * 32767 < 2^31 per group); their
+ * conversion to f32 and the scaling by s_g d_g are f32 roundings of the same kind as the f32 path's. A
+ * wrong code, scale or tail still moves the result by ~|w_c x_c|: the tests' data keep |x_c| within a small
+ * factor of m_g, so that is thousands of times qerr's share per weight. */
 #include "kernels.h"
 #include "test.h"
 
@@ -325,12 +325,13 @@ static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, k
     free(Y); free(ref); free(ad); free(qe);
 }
 
-/* The panel GEMM's own edges: more rows of X than one pass (96; the amx GEMM's: 128), a last panel narrower than 256 columns,
- * a partial unpacking block (Q2: 128 values per block), a row range not starting on a panel boundary, and
- * the f32 bound even for Q4/Q2 where the level's GEMM keeps x in f32 (avx512; the avx2 and amx levels'
- * GEMMs round x to int16 for Q8/Q4/Q2 and are held to that path's bound: kernel_uses_int16_x(w, n)). The
- * int16 and amx GEMMs' edges are the same kind: passes of 96 or 128 rows, blocks of 256 columns (the
- * last one ending part-way through a block of 8 words: 320 columns of Q4 or Q2), tiles of 4 or 16 rows. */
+/* The panel GEMMs' own edges: more rows of X than one pass (96; the amx GEMM's: 128), a last panel narrower
+ * than 256 columns, a partial unpacking block (Q2: 128 values per block), a row range not starting on a
+ * panel boundary. The f32 GEMMs are held to the f32 bound; the int16 and amx GEMMs round x to int16 for
+ * Q8/Q4/Q2 and are held to that path's bound (kernel_uses_int16_x(w, n)); with kernel_f32_x_force
+ * (test_f32_x_all_levels) every level's f32 GEMM runs these too. The int16 and amx GEMMs' edges are the
+ * same kind: passes of 96 or 128 rows, blocks of 256 columns (the last one ending part-way through a block
+ * of 8 words: 320 columns of Q4 or Q2), tiles of 4, 8 or 16 rows. */
 static void test_matmat_panels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
     int ns[] = {13, 97, 133}; /* 133: more than one pass of the amx GEMM (128 rows) */
