@@ -6,7 +6,8 @@
  *
  * Prefetch: a slot being read by the prefetch engine is pinned and marked pf_loading; it never belongs to
  * the layer in progress (begin waits for such experts before pinning anything), so a slot is pinned by
- * one owner at a time: at most `working` by the layer and `working` by the prefetch batch. */
+ * one owner at a time: at most `working` by the layer and `working` by a prediction's batch, or by a
+ * read-ahead's as many as leave 2 x working unpinned (expert_cache_readahead). */
 #include "expert_cache.h"
 #include "util.h"
 
