@@ -1,5 +1,7 @@
 /* Matrix-matrix product for prompt chunks on AVX2 with x rounded to int16, for Q8, Q4 and Q2 weights:
  * Y = X W^T, i.e. Y[j][r] = W[r] . X[j]. Other weight types take the f32 panel GEMM (kernels_gemm_avx2.c).
+ * The driver here (kernel_gemm_int16_run: x packing, panels) also serves the AVX-512 level, whose tile
+ * (one zmm per panel step, vpdpwssd with VNNI) is in kernels_avx512.c.
  *
  * The math is the int16 row kernels' (kernels_impl.h): x is rounded per weight group to int16,
  * x_c ~= d_g xq_c with d_g = max_g |x| / 32767, and with w_c = q_c s_g + b_g
