@@ -301,25 +301,33 @@ static void pf_start(expert_cache *c) {
     if (n && expert_io_submit(c->pf_io, c->pf_reqs, n, why, sizeof why) < 0) pf_fail(c, why);
 }
 
-int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen) {
+/* The arguments of a prediction or a read-ahead (`who` names the call): a prefetch engine, the layer,
+ * at most `most` experts, each in range and listed once. 0, or -1 with the reason in err. */
+static int pf_args_check(const expert_cache *c, const char *who, int layer, const int *ids, int n, int most, char *err,
+                         size_t errlen) {
     if (!c->pf_io) {
-        util_err_set(err, errlen, "expert_cache_prefetch: the cache has no prefetch engine");
+        util_err_set(err, errlen, "%s: the cache has no prefetch engine", who);
         return -1;
     }
-    if (layer < 0 || layer >= c->cfg.n_layers || n < 0 || n > c->cfg.working) {
-        util_err_set(err, errlen, "expert_cache_prefetch: layer %d (of %d), %d experts (at most %d)", layer,
-                c->cfg.n_layers, n, c->cfg.working);
+    if (layer < 0 || layer >= c->cfg.n_layers || n < 0 || n > most) {
+        util_err_set(err, errlen, "%s: layer %d (of %d), %d experts (at most %d)", who, layer, c->cfg.n_layers, n,
+                     most);
         return -1;
     }
     for (int i = 0; i < n; i++) {
         int dup = 0;
         for (int j = 0; j < i; j++) dup |= ids[j] == ids[i];
         if (ids[i] < 0 || ids[i] >= c->cfg.n_experts || dup) {
-            util_err_set(err, errlen, "expert_cache_prefetch: expert %d out of range 0..%d or listed twice", ids[i],
-                    c->cfg.n_experts - 1);
+            util_err_set(err, errlen, "%s: expert %d out of range 0..%d or listed twice", who, ids[i],
+                         c->cfg.n_experts - 1);
             return -1;
         }
     }
+    return 0;
+}
+
+int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen) {
+    if (pf_args_check(c, "expert_cache_prefetch", layer, ids, n, c->cfg.working, err, errlen)) return -1;
     memcpy(c->pred_ids, ids, sizeof *ids * (size_t)n);
     c->pred_n = n;
     c->pred_layer = c->pf_layer = layer;
@@ -338,27 +346,7 @@ int expert_cache_prefetch(expert_cache *c, int layer, const int *ids, int n, cha
 }
 
 int expert_cache_readahead(expert_cache *c, int layer, const int *ids, int n, char *err, size_t errlen) {
-    if (!c->pf_io) {
-        util_err_set(err, errlen, "expert_cache_readahead: the cache has no prefetch engine");
-        return -1;
-    }
-    if (layer < 0 || layer >= c->cfg.n_layers || n < 0 || n > c->pf_max) {
-        util_err_set(err, errlen, "expert_cache_readahead: layer %d (of %d), %d experts (at most %d)", layer,
-                c->cfg.n_layers, n, c->pf_max);
-        return -1;
-    }
-    for (int i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= c->cfg.n_experts) {
-            util_err_set(err, errlen, "expert_cache_readahead: expert %d out of range 0..%d", ids[i],
-                    c->cfg.n_experts - 1);
-            return -1;
-        }
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < i; j++)
-            if (ids[j] == ids[i]) {
-                util_err_set(err, errlen, "expert_cache_readahead: expert %d listed twice", ids[i]);
-                return -1;
-            }
+    if (pf_args_check(c, "expert_cache_readahead", layer, ids, n, c->pf_max, err, errlen)) return -1;
     /* slots: the read-ahead's stay pinned while they load, and a begin pins up to `working` more (hits
      * waited for first); 2 x working stay free, which also covers a prediction's batch */
     int room = c->n_slots - 2 * c->cfg.working;
