@@ -524,6 +524,16 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x) {
 
 /* ---- the arithmetic peak ----------------------------------------------------------------------- */
 
+double kernel_rounds_per_second(void (*round)(void *ctx), void *ctx, double seconds) {
+    long calls = 0;
+    double t0 = util_now_seconds(), dt;
+    do {
+        round(ctx);
+        calls++;
+    } while ((dt = util_now_seconds() - t0) < seconds);
+    return (double)calls / dt;
+}
+
 typedef struct {
     double seconds, rate[256], rate2[256]; /* rate2: the int16 products (AVX2 and AVX-512 levels) */
 } peak_job;

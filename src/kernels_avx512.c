@@ -337,36 +337,32 @@ void kernel_gemm_int16_avx512_vnni(float *Y, const qmat *w, const float *X, int 
     else kernel_gemm_avx512(Y, w, X, n, r0, r1);
 }
 
-/* int16 multiply-adds per second of this thread's 512-bit vpdpwssd (vnni) or vpmaddwd + vpaddd: 10
- * independent chains on registers, 32 multiply-adds per link. */
-static __attribute__((noinline)) void madd16_rounds512(__m512i *a, int vnni) {
-    __m512i a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7], a8 = a[8], a9 = a[9];
-    const __m512i xv = _mm512_set1_epi16(3);
-#define LINK(a, V) a = madd_acc512(a, a, xv, V)
-#define ROUNDS(V)                                                                     \
-    for (int r = 0; r < 4096; r++) {                                                  \
-        LINK(a0, V), LINK(a1, V), LINK(a2, V), LINK(a3, V), LINK(a4, V);              \
-        LINK(a5, V), LINK(a6, V), LINK(a7, V), LINK(a8, V), LINK(a9, V);              \
+/* 4096 rounds of 10 independent chains at ctx (__m512i[10]), 32 multiply-adds per link: vpdpwssd (vnni)
+ * or vpmaddwd + vpaddd (see kernel_rounds_per_second). */
+#define MADD16_ROUNDS512(NAME, VNNI)                                                                      \
+    static __attribute__((noinline)) void NAME(void *ctx) {                                             \
+        __m512i *a = ctx;                                                                               \
+        __m512i a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7]; \
+        __m512i a8 = a[8], a9 = a[9];                                                                   \
+        const __m512i xv = _mm512_set1_epi16(3);                                                        \
+        for (int r = 0; r < 4096; r++) {                                                                \
+            a0 = madd_acc512(a0, a0, xv, VNNI), a1 = madd_acc512(a1, a1, xv, VNNI);                     \
+            a2 = madd_acc512(a2, a2, xv, VNNI), a3 = madd_acc512(a3, a3, xv, VNNI);                     \
+            a4 = madd_acc512(a4, a4, xv, VNNI), a5 = madd_acc512(a5, a5, xv, VNNI);                     \
+            a6 = madd_acc512(a6, a6, xv, VNNI), a7 = madd_acc512(a7, a7, xv, VNNI);                     \
+            a8 = madd_acc512(a8, a8, xv, VNNI), a9 = madd_acc512(a9, a9, xv, VNNI);                     \
+        }                                                                                               \
+        a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3, a[4] = a4, a[5] = a5, a[6] = a6, a[7] = a7;         \
+        a[8] = a8, a[9] = a9;                                                                           \
     }
-    if (vnni) ROUNDS(1) else ROUNDS(0)
-#undef ROUNDS
-#undef LINK
-    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3, a[4] = a4, a[5] = a5, a[6] = a6, a[7] = a7, a[8] = a8, a[9] = a9;
-}
+MADD16_ROUNDS512(madd16_rounds512, 0)
+MADD16_ROUNDS512(madd16_rounds512_vnni, 1)
 
+/* int16 multiply-adds per second of this thread's 512-bit vpdpwssd (vnni) or vpmaddwd + vpaddd. */
 double kernel_madd16_rate_avx512(double seconds, int vnni) {
     __m512i a[10];
     for (int i = 0; i < 10; i++) a[i] = _mm512_set1_epi32(i + 1);
-    long iters = 0;
-    double t0 = util_now_seconds(), dt;
-    do {
-        madd16_rounds512(a, vnni);
-        iters += 4096;
-    } while ((dt = util_now_seconds() - t0) < seconds);
-    int sink = 0;
-    for (int i = 0; i < 10; i++) sink += _mm512_reduce_add_epi32(a[i]);
-    __asm__ volatile("" : : "r"(sink));
-    return (double)iters * 10 * 32 / dt;
+    return kernel_rounds_per_second(vnni ? madd16_rounds512_vnni : madd16_rounds512, a, seconds) * 4096 * 10 * 32;
 }
 
 #define OPS_AVX512(NAME, Q4, Q2, GEMM, ROUNDS)                                                          \

@@ -11,7 +11,7 @@
  * codes need only a shift and a mask (no conversion to float, no q * s + b per weight). On Zen 3 the
  * integer multiplier issues about as many vpmaddwd per cycle as the FMA units issue FMAs.
  *
- *     for each block of I16_NB x rows, each block of I16_KC columns:
+ *     for each block of GEMM16_NB x rows, each block of GEMM16_KC columns:
  *       x rows rounded to int16 per group, in pairs (Xp), with d_g and xsum_g per row and group
  *       for each block of 16 weight rows:
  *         P[s][i] = the codes of weight row rb + i at the two columns of step s, one int16 each
@@ -35,10 +35,6 @@
 
 #define AI static inline __attribute__((always_inline))
 #define I16_NR 4 /* x rows per AVX2 micro tile: 8 int32 accumulators (6 measured no faster) */
-#define I16_KC GEMM16_KC
-#define I16_NB GEMM16_NB
-#define I16_MAXG GEMM16_MAXG
-#define I16_STEPS GEMM16_STEPS
 #define FOR_J _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)
 
 int kernel_gemm_int16_rounds_x(dtype t) { return t == DTYPE_Q8 || t == DTYPE_Q4 || t == DTYPE_Q2; }
@@ -51,8 +47,8 @@ AI __m256i madd_acc(__m256i acc, __m256i w, __m256i x) {
     return acc;
 }
 
-/* X rows [j0, j1), columns [kb, kb + kc): per row j and group g, d (xd[(j - j0) * I16_MAXG + g]) and the
- * f32 sum (xs, same index), and the int16 values in pairs, Xp[(j - j0) * I16_STEPS + s] (see the top). */
+/* X rows [j0, j1), columns [kb, kb + kc): per row j and group g, d (xd[(j - j0) * GEMM16_MAXG + g]) and the
+ * f32 sum (xs, same index), and the int16 values in pairs, Xp[(j - j0) * GEMM16_STEPS + s] (see the top). */
 static void pack_x(int32_t *Xp, float *xd, float *xs, const float *X, size_t ldx, int j0, int j1, int kb, int kc,
                    int group, int bits) {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -61,7 +57,7 @@ static void pack_x(int32_t *Xp, float *xd, float *xs, const float *X, size_t ldx
     const __m256i q8perm = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
     for (int j = j0; j < j1; j++) {
         const float *x = X + (size_t)j * ldx + kb;
-        int32_t *out = Xp + (size_t)(j - j0) * I16_STEPS;
+        int32_t *out = Xp + (size_t)(j - j0) * GEMM16_STEPS;
         for (int g = 0; g < kc / group; g++) {
             const float *xg = x + g * group;
             __m256 m = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
@@ -77,8 +73,8 @@ static void pack_x(int32_t *Xp, float *xd, float *xs, const float *X, size_t ldx
             s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
             s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
             float inv1;
-            int16_step(_mm_cvtss_f32(m4), &xd[(j - j0) * I16_MAXG + g], &inv1);
-            xs[(j - j0) * I16_MAXG + g] = _mm_cvtss_f32(s4);
+            int16_step(_mm_cvtss_f32(m4), &xd[(j - j0) * GEMM16_MAXG + g], &inv1);
+            xs[(j - j0) * GEMM16_MAXG + g] = _mm_cvtss_f32(s4);
             const __m256 inv = _mm256_set1_ps(inv1);
             int32_t *o = out + g * group / 2;
             if (bits == 2) /* 16 codes per word: pairs (e, e + 8) */
@@ -176,7 +172,7 @@ static void panel_fill(int32_t *P, float *sc, float *bi, const qmat *w, int rb, 
     }
 }
 
-/* Y[j][0 .. nr) (+ unless first)= the tile's NR x rows (Xp, xd, xs at row 0, rows I16_STEPS and I16_MAXG
+/* Y[j][0 .. nr) (+ unless first)= the tile's NR x rows (Xp, xd, xs at row 0, rows GEMM16_STEPS and GEMM16_MAXG
  * apart) times the panel, over ng groups of spg steps. */
 AI void micro(const int NR, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs, const float *sc,
               const float *bi, int ng, int spg, float *Y, size_t ldy, int nr, int first) {
@@ -198,7 +194,7 @@ AI void micro(const int NR, const int32_t *P, const int32_t *Xp, const float *xd
             __m256i w0 = _mm256_load_si256((const __m256i *)(p + s * 16));
             __m256i w1 = _mm256_load_si256((const __m256i *)(p + s * 16 + 8));
             FOR_J {
-                __m256i xb = _mm256_set1_epi32(x[(size_t)j * I16_STEPS + s]);
+                __m256i xb = _mm256_set1_epi32(x[(size_t)j * GEMM16_STEPS + s]);
                 a0[j] = madd_acc(a0[j], w0, xb);
                 a1[j] = madd_acc(a1[j], w1, xb);
             }
@@ -206,7 +202,7 @@ AI void micro(const int NR, const int32_t *P, const int32_t *Xp, const float *xd
         __m256 s0 = _mm256_load_ps(sc + g * 16), s1 = _mm256_load_ps(sc + g * 16 + 8);
         __m256 b0 = _mm256_load_ps(bi + g * 16), b1 = _mm256_load_ps(bi + g * 16 + 8);
         FOR_J {
-            __m256 d = _mm256_set1_ps(xd[j * I16_MAXG + g]), t = _mm256_set1_ps(xs[j * I16_MAXG + g]);
+            __m256 d = _mm256_set1_ps(xd[j * GEMM16_MAXG + g]), t = _mm256_set1_ps(xs[j * GEMM16_MAXG + g]);
             __m256 f0 = _mm256_load_ps(F + j * 16), f1 = _mm256_load_ps(F + j * 16 + 8);
             f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[j]), _mm256_mul_ps(s0, d), _mm256_fmadd_ps(b0, t, f0));
             f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[j]), _mm256_mul_ps(s1, d), _mm256_fmadd_ps(b1, t, f1));
@@ -249,23 +245,23 @@ void kernel_gemm_int16_avx2(float *Y, const qmat *w, const float *X, int n, int 
 
 void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt,
                            kernel_gemm16_tile tile) {
-    _Alignas(64) int32_t P[I16_STEPS * 16];
-    _Alignas(64) int32_t Xp[I16_NB * I16_STEPS];
-    _Alignas(64) float xd[I16_NB * I16_MAXG], xs[I16_NB * I16_MAXG], sc[I16_MAXG * 16], bi[I16_MAXG * 16];
+    _Alignas(64) int32_t P[GEMM16_STEPS * 16];
+    _Alignas(64) int32_t Xp[GEMM16_NB * GEMM16_STEPS];
+    _Alignas(64) float xd[GEMM16_NB * GEMM16_MAXG], xs[GEMM16_NB * GEMM16_MAXG], sc[GEMM16_MAXG * 16], bi[GEMM16_MAXG * 16];
     const int group = w->group, bits = dtype_bits(w->type);
     const size_t ldx = (size_t)w->cols, ldy = (size_t)w->rows;
-    for (int jb = 0; jb < n; jb += I16_NB) {
-        int je = n - jb < I16_NB ? n : jb + I16_NB;
-        for (int kb = 0; kb < w->cols; kb += I16_KC) {
-            int kc = w->cols - kb < I16_KC ? w->cols - kb : I16_KC; /* a multiple of group */
+    for (int jb = 0; jb < n; jb += GEMM16_NB) {
+        int je = n - jb < GEMM16_NB ? n : jb + GEMM16_NB;
+        for (int kb = 0; kb < w->cols; kb += GEMM16_KC) {
+            int kc = w->cols - kb < GEMM16_KC ? w->cols - kb : GEMM16_KC; /* a multiple of group */
             pack_x(Xp, xd, xs, X, ldx, jb, je, kb, kc, group, bits);
             for (int rb = r0; rb < r1; rb += 16) {
                 int nr = r1 - rb < 16 ? r1 - rb : 16;
-                kernel_prefetch_panel_ahead(w, rb, r0, r1, kb, I16_KC);
+                kernel_prefetch_panel_ahead(w, rb, r0, r1, kb, GEMM16_KC);
                 panel_fill(P, sc, bi, w, rb, nr, kb, kc);
                 for (int j = jb; j < je; j += nrt)
-                    tile(je - j < nrt ? je - j : nrt, P, Xp + (size_t)(j - jb) * I16_STEPS,
-                         xd + (j - jb) * I16_MAXG, xs + (j - jb) * I16_MAXG, sc, bi, kc / group, group / 2,
+                    tile(je - j < nrt ? je - j : nrt, P, Xp + (size_t)(j - jb) * GEMM16_STEPS,
+                         xd + (j - jb) * GEMM16_MAXG, xs + (j - jb) * GEMM16_MAXG, sc, bi, kc / group, group / 2,
                          Y + (size_t)j * ldy + rb, ldy, nr, kb == 0);
             }
         }
@@ -276,9 +272,9 @@ void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r
  * independent chains on registers (a = a + vpmaddwd(a, x): 16 multiply-adds per link, about 5 cycles of
  * latency, so 10 chains keep the multiplier busy), no memory traffic. The integers wrap; only the rate
  * matters. */
-/* 4096 rounds of the 10 chains at a: its own function, so that no call inside the loop makes the
- * compiler keep the chains in memory. */
-static __attribute__((noinline)) void madd16_rounds(__m256i *a) {
+/* 4096 rounds of 10 independent chains at ctx (__m256i[10]; see kernel_rounds_per_second). */
+static __attribute__((noinline)) void madd16_rounds(void *ctx) {
+    __m256i *a = ctx;
     __m256i a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5], a6 = a[6], a7 = a[7], a8 = a[8], a9 = a[9];
     const __m256i xv = _mm256_set1_epi16(3);
 #define LINK(a) a = madd_acc(a, a, xv)
@@ -293,16 +289,7 @@ static __attribute__((noinline)) void madd16_rounds(__m256i *a) {
 double kernel_madd16_rate_avx2(double seconds) {
     __m256i a[10];
     for (int i = 0; i < 10; i++) a[i] = _mm256_set1_epi32(i + 1);
-    long iters = 0;
-    double t0 = util_now_seconds(), dt;
-    do {
-        madd16_rounds(a);
-        iters += 4096;
-    } while ((dt = util_now_seconds() - t0) < seconds);
-    int sink = 0;
-    for (int i = 0; i < 10; i++) sink += _mm256_cvtsi256_si32(a[i]);
-    __asm__ volatile("" : : "r"(sink));
-    return (double)iters * 10 * 16 / dt;
+    return kernel_rounds_per_second(madd16_rounds, a, seconds) * 4096 * 10 * 16;
 }
 
 #else

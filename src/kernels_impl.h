@@ -155,6 +155,10 @@ double kernel_madd16_rate_avx512(double seconds, int vnni);
 /* int16 multiply-adds per second of this thread's vpmaddwd (register-only loop): the AVX2 level's
  * arithmetic peak for those products. */
 double kernel_madd16_rate_avx2(double seconds);
+/* Calls round(ctx) again and again for at least `seconds`; how many calls per second. The loop of the
+ * int16 peaks: each round runs its chains on registers and stores them back into ctx, so that they
+ * stay live and no call inside the round makes the compiler keep them in memory. */
+double kernel_rounds_per_second(void (*round)(void *ctx), void *ctx, double seconds);
 void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 /* The AMX GEMM (kernels_amx.c): Q8/Q4/Q2 on tiles, other types through kernel_gemm_avx512. Needs
  * kernel_amx_usable() (cpuid, and the kernel's permission for the tile state, asked for once). */
