@@ -6,14 +6,9 @@
 #   sh bench/kernel_quality.sh [FIXTURE] [N_TOKENS]        (BUILD=dir picks the binary, LEVEL=avx2|...)
 # With FLASHMOE_F32_X=1 the SIMD kernels keep x in f32, and only the summation order differs.
 set -e
-BIN=${BUILD:-build}/flashmoe
-FX=${1:-tests/fixtures/tiny-a-f32}
-N=${2:-4096}
-CTX=128
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$(dirname "$0")/fixture_text.sh"
 $BIN convert "$FX" "$T/bf16" --experts bf16 --quiet
-{ printf '1 '; $BIN run -m "$T/bf16" --prompt-ids 1 -n $((N - 1)) --temp 1 --seed 7 --ids --ignore-eos; } >"$T/text.ids"
-field() { tr -d ' \n' <"$1" | sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p"; }
+sample_text "$T/bf16"
 echo "Model: $FX (random weights), $N tokens, ctx $CTX; kernel level ${LEVEL:-the best available} against the scalar kernels."
 echo
 echo "| experts | dense | PPL scalar | PPL SIMD | mean KLD | KLD max | top-1 agreement |"

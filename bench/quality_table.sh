@@ -5,19 +5,14 @@
 # The text is sampled from the bf16 model itself (temperature 1, fixed seed), so that its perplexity is
 # that of the model's own distribution rather than of arbitrary ids.
 set -e
-BIN=${BUILD:-build}/flashmoe
-FX=${1:-tests/fixtures/tiny-a-f32}
-N=${2:-4096}
-CTX=128
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+. "$(dirname "$0")/fixture_text.sh"
 native=$(tr -d ' \n' <"$FX/config.json" | sed -n 's/.*"num_experts_per_tok":\([0-9]*\).*/\1/p')
 for bits in bf16 q8 q4 q3 q2; do
     $BIN convert "$FX" "$T/$bits" --experts $bits --group 32 --quiet 2>"$T/conv.err"
     if grep -q "kept in bf16" "$T/conv.err"; then echo "expert shapes do not divide into groups of 32" >&2; exit 1; fi
 done
-{ printf '1 '; $BIN run -m "$T/bf16" --prompt-ids 1 -n $((N - 1)) --temp 1 --seed 7 --ids --ignore-eos; } >"$T/text.ids"
+sample_text "$T/bf16"
 $BIN perplexity -m "$T/bf16" -f "$T/text.ids" --ids-file --ctx $CTX --save-logits "$T/ref.bin" --json >"$T/ref.json"
-field() { tr -d ' \n' <"$1" | sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p"; }
 echo "Model: $FX (random weights), native top-k $native; $(field "$T/ref.json" scored) positions scored"
 echo "(ctx $CTX, second half of each chunk); reference: bf16 experts at top-k $native, PPL $(field "$T/ref.json" ppl)."
 echo
