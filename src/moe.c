@@ -11,6 +11,10 @@
 
 #include "state.h"
 
+#ifndef GROUP_CHUNKS_MIN
+#define GROUP_CHUNKS_MIN 2 /* shares per expert of a prompt chunk's batch, at least */
+#endif
+
 typedef struct {
     float *h;
     const qmat *gate, *up;
@@ -158,11 +162,12 @@ static void accum_task(void *ctx, int task, int n_tasks) {
     }
 }
 
-/* A batch of experts with one row each, from a source whose experts are all in memory (decoding, mapped):
- * all of them taken first, then every gate/up in one dispatch and every down in another, the tasks being
- * (expert, share of its rows), instead of two dispatches per expert; the shared expert, when given, goes
- * with them (as views[nb], into s->sh). Each row is computed exactly as swiglu_mlp computes it, so the
- * outputs are the same. */
+/* A batch of experts from a source whose experts are all in memory (mapped): all of them taken first,
+ * then every gate/up in one dispatch and every down in another, the tasks being (expert, share of its
+ * rows), instead of two dispatches per expert (a decoded token) or four (a prompt chunk: gate, up, the
+ * SwiGLU product, down, each split across the threads). When decoding, the shared expert goes with them
+ * (as views[nb], into s->sh). Each row is computed exactly as swiglu_mlp computes it, so the outputs are
+ * the same. */
 typedef struct {
     state *s;
     const float *xn;
@@ -172,20 +177,36 @@ typedef struct {
     int down;            /* 0: h_b = silu(gate_b x_b) * (up_b x_b); 1: out_b = down_b h_b */
 } group_job;
 
-/* task = expert b (of the batch, or the shared one) x share c of its rows */
+/* task = expert b (of the batch, or the shared one) x share c of its rows. An expert with one row uses
+ * the decoding kernels (fused gate/up, matrix-vector down), as swiglu_mlp does for n = 1; one with more
+ * (a prompt chunk's, its inputs gathered in xe at its batch rows) the GEMM, then the SwiGLU product of
+ * the task's columns. Its n rows of h and u start at its batch row times state_inter, n rows of its
+ * intermediate size apart. */
 static void group_task(void *ctx, int task, int n_tasks) {
     (void)n_tasks;
     const group_job *j = ctx;
     const state *s = j->s;
     int b = task / j->chunks, H = s->m->cfg.hidden_size, routed = b < j->nb;
     const expert_view *v = &s->views[b];
-    float *h = s->eh + (size_t)b * state_inter(&s->m->cfg);
-    float *y = routed ? s->expert_out + (size_t)s->batch_off[b] * H : s->sh;
-    const float *x = routed ? j->xn + (size_t)s->expert_rows[s->batch_off[b]] * H : j->xn;
+    int n = routed ? s->batch_off[b + 1] - s->batch_off[b] : 1, inter = v->gate.rows;
+    size_t at = routed ? (size_t)s->batch_off[b] : 0, si = state_inter(&s->m->cfg);
+    float *h = s->eh + (routed ? at : (size_t)j->nb) * si; /* the shared one after a decoded token's rows */
+    float *y = routed ? s->expert_out + at * H : s->sh;
+    const float *x = !routed ? j->xn : n > 1 ? s->xe + at * H : j->xn + (size_t)s->expert_rows[at] * H;
     long per = j->down ? j->per_dn : j->per_gu, r0, r1;
     if (!pool_share(task % j->chunks, per, j->down ? v->down.rows : v->gate.rows, &r0, &r1)) return;
-    if (j->down) kernel_matvec_rows(y, &v->down, h, (int)r0, (int)r1);
-    else kernel_swiglu_gate_up(h, &v->gate, &v->up, x, (int)r0, (int)r1);
+    if (j->down) {
+        if (n > 1) kernel_matmat_rows(y, &v->down, h, n, (int)r0, (int)r1);
+        else kernel_matvec_rows(y, &v->down, h, (int)r0, (int)r1);
+    } else if (n > 1) {
+        float *u = s->eu + at * si;
+        kernel_matmat_rows(h, &v->gate, x, n, (int)r0, (int)r1);
+        kernel_matmat_rows(u, &v->up, x, n, (int)r0, (int)r1);
+        for (int r = 0; r < n; r++)
+            kernel_silu_mul(h + (size_t)r * inter + r0, h + (size_t)r * inter + r0, u + (size_t)r * inter + r0,
+                            (size_t)(r1 - r0));
+    } else
+        kernel_swiglu_gate_up(h, &v->gate, &v->up, x, (int)r0, (int)r1);
 }
 
 static int compute_batch_grouped(state *s, int layer, const layer_weights *shared, const float *xn, int nb, double *t,
@@ -196,11 +217,16 @@ static int compute_batch_grouped(state *s, int layer, const layer_weights *share
     while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) s->views[i] = v;
     state_tick(s, layer, T_IO_WAIT, t);
     if (rc == 0) {
-        int n = nb;
+        int n = nb, H = m->cfg.hidden_size, rows = s->batch_off[nb];
         if (shared) s->views[n++] = (expert_view){shared->sh_gate, shared->sh_up, shared->sh_down};
-        /* about two tasks per thread in all, so that the last one to finish is short; shares of the
-         * largest expert's rows (a smaller one leaves its last shares empty) */
+        if (rows > nb) /* a prompt chunk's batch: its rows' inputs, expert by expert */
+            for (int r = 0; r < rows; r++)
+                memcpy(s->xe + (size_t)r * H, xn + (size_t)s->expert_rows[r] * H, sizeof(float) * H);
+        /* about two tasks per thread in all, so that the last one to finish is short (at least two per
+         * expert of a prompt chunk); shares of the largest expert's rows (a smaller one leaves its last
+         * shares empty) */
         int chunks = (2 * threads + n - 1) / n, tasks;
+        if (rows > nb && chunks < GROUP_CHUNKS_MIN) chunks = GROUP_CHUNKS_MIN;
         long gu = 0, dn = 0;
         for (int b = 0; b < n; b++) {
             gu = s->views[b].gate.rows > gu ? s->views[b].gate.rows : gu;
@@ -223,7 +249,7 @@ static int finish_batch(state *s, int layer, const layer_weights *shared, const 
                         double *t, char *err, size_t errlen) {
     const model *m = s->m;
     int H = m->cfg.hidden_size, i, rc;
-    if (shared || (m->experts->immediate && s->batch_off[nb] == nb)) {
+    if (shared || m->experts->immediate) {
         if (compute_batch_grouped(s, layer, shared, xn, nb, t, err, errlen)) return -1;
     } else {
         expert_view v;

@@ -31,7 +31,7 @@ struct state {
     float *router, *topk_w; /* [chunk][E], [chunk][K] */
     int *topk_id;           /* [chunk][K] */
     float *sg, *sh;         /* shared expert: [chunk] gate logits, [chunk][H] output */
-    float *xe, *eh, *eu;    /* one expert's tokens: [chunk][H] gathered inputs, [chunk][inter] x2 */
+    float *xe, *eh, *eu;    /* a batch's rows (below): [R][H] gathered inputs, [R][inter] x2 */
     /* A batch of experts (at most K, and at most R = state_batch_rows(K, chunk) rows between them):
      * expert b of the batch has rows [batch_off[b], batch_off[b + 1]) of these */
     float *expert_out;      /* [R][H]: outputs of the batch, summed in ascending expert order */

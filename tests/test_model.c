@@ -141,33 +141,36 @@ static void test_logits_token_by_token_threaded(void) {
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) check_logits(fixtures[i], 3, 1);
 }
 
-/* Logits of every prompt position, one token per call, with the experts read one by one from disk
- * (--io direct: each expert computed as it arrives) and mapped (all of a token's experts at once, in two
- * dispatches): the same rows computed the same way, so the same bits, on 1 and 3 threads. */
+/* Logits of every prompt position, with the experts read one by one from disk (--io direct: each expert
+ * computed as it arrives) and mapped (a batch's experts at once, in two dispatches): the same rows
+ * computed the same way, so the same bits, on 1 and 3 threads, one token per call (a decoded token's
+ * experts and the shared one together) and the prompt in one chunk (each expert on its rows of it). */
 static void test_grouped_experts_same_bits(void) {
     reference r;
     if (reference_load(&r, fixtures[0])) return;
-    for (int threads = 1; threads <= 3; threads += 2) {
-        float *out[2];
-        for (int k = 0; k < 2; k++) {
-            char err[1024];
-            model_opts o = {.threads = threads, .prefill_chunk = 1, .io = k ? EXPERTS_IO_DIRECT : EXPERTS_IO_MMAP,
-                            .cache_bytes = (size_t)1 << 20};
-            model *m = model_load(fixtures[0], &o, err, sizeof err);
-            CHECK(m != NULL, "%s", err);
-            out[k] = calloc((size_t)r.n_prompt * r.vocab, sizeof(float));
-            if (!m) continue;
-            CHECK(m->experts->immediate == !k, "mapped source immediate, streaming not");
-            state *s = state_create(m, 256, err, sizeof err);
-            CHECK(model_forward(m, s, r.prompt, r.n_prompt, out[k], 1, err, sizeof err) == 0, "%s", err);
-            state_free(s);
-            model_free(m);
+    for (int threads = 1; threads <= 3; threads += 2)
+        for (int chunk = 1; chunk <= r.n_prompt; chunk = chunk < r.n_prompt ? r.n_prompt : chunk + 1) {
+            float *out[2];
+            for (int k = 0; k < 2; k++) {
+                char err[1024];
+                model_opts o = {.threads = threads, .prefill_chunk = chunk,
+                                .io = k ? EXPERTS_IO_DIRECT : EXPERTS_IO_MMAP, .cache_bytes = (size_t)1 << 20,
+                                .prefetch = MODEL_PREFETCH_OFF};
+                model *m = model_load(fixtures[0], &o, err, sizeof err);
+                CHECK(m != NULL, "%s", err);
+                out[k] = calloc((size_t)r.n_prompt * r.vocab, sizeof(float));
+                if (!m) continue;
+                CHECK(m->experts->immediate == !k, "mapped source immediate, streaming not");
+                state *s = state_create(m, 256, err, sizeof err);
+                CHECK(model_forward(m, s, r.prompt, r.n_prompt, out[k], 1, err, sizeof err) == 0, "%s", err);
+                state_free(s);
+                model_free(m);
+            }
+            CHECK(memcmp(out[0], out[1], sizeof(float) * (size_t)r.n_prompt * r.vocab) == 0,
+                  "threads %d, chunk %d: mapped and streamed logits differ", threads, chunk);
+            free(out[0]);
+            free(out[1]);
         }
-        CHECK(memcmp(out[0], out[1], sizeof(float) * (size_t)r.n_prompt * r.vocab) == 0,
-              "threads %d: mapped and streamed logits differ", threads);
-        free(out[0]);
-        free(out[1]);
-    }
     free(r.logits);
 }
 
