@@ -75,6 +75,12 @@ static inline int experts_prefetch(expert_source *s, int layer, const int *ids, 
 static inline int experts_readahead(expert_source *s, int layer, const int *ids, int n, char *err, size_t errlen) {
     return s->readahead ? s->readahead(s, layer, ids, n, err, errlen) : 0;
 }
+/* Whether a chunk of T positions reads each layer's experts ahead: its routing will use nearly every
+ * expert ((1 - K/E)^T < 5% unused), so they are read while the layer's mixer runs (otherwise the disk
+ * would idle through it), and a batch of them is resident, or nearly, by the time it is asked for. */
+static inline int experts_chunk_reads_ahead(const expert_source *s, int T, int K, int E) {
+    return s->readahead && T * K >= 3 * E;
+}
 static inline void experts_stats_get(const expert_source *s, experts_stats *out) { s->ops->stats(s, out); }
 static inline void experts_free(expert_source *s) {
     if (s) s->ops->free(s);

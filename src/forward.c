@@ -239,9 +239,7 @@ static int forward_chunk(model *m, state *s, const int32_t *tokens, int T, float
     for (int r = 0; r < T; r++) kernel_row_f32(x + (size_t)r * H, &m->embed, tokens[r]); /* embed_tokens */
     if (s->timing) s->t_head += util_now_seconds() - t0;
     t = state_clock(s);
-    /* a chunk whose routing will use nearly every expert of a layer ((1 - K/E)^T < 5% unused) reads them
-     * ahead, while the layer's mixer runs: otherwise the disk would idle through it */
-    int ahead = m->experts->readahead && T * m->top_k >= 3 * c->n_experts;
+    int ahead = experts_chunk_reads_ahead(m->experts, T, m->top_k, c->n_experts);
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *w = &m->layers[l];
         if (ahead && experts_readahead(m->experts, l, s->ahead_ids, c->n_experts, err, errlen)) return -1;

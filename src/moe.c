@@ -4,8 +4,10 @@
  * applied to all the rows routed to it (a prompt chunk of 512 tokens touches most experts, each read once
  * instead of once per token). Experts are asked for in ascending id, at most K at a time (the sources'
  * working set), and their outputs are summed in ascending expert order whatever order the reads complete
- * in, so that results do not depend on I/O timing. Decoding from a mapped source (every expert in memory),
- * the token's experts are computed together: two dispatches for all of them instead of two per expert. */
+ * in, so that results do not depend on I/O timing. Where a batch's experts are all in memory (a mapped
+ * source, or a prompt chunk's experts read ahead) the batch is computed together: two dispatches for all
+ * of it instead of two per expert (a decoded token's) or four (a prompt chunk's). Otherwise each expert
+ * is computed as it arrives, which overlaps its compute with the reads of the rest. */
 #include <math.h>
 #include <string.h>
 
@@ -162,7 +164,8 @@ static void accum_task(void *ctx, int task, int n_tasks) {
     }
 }
 
-/* A batch of experts from a source whose experts are all in memory (mapped): all of them taken first,
+/* A batch of experts from a source whose experts are all in memory (mapped), or of a prompt chunk whose
+ * experts were read ahead (experts_chunk_reads_ahead): all of them taken first,
  * then every gate/up in one dispatch and every down in another, the tasks being (expert, share of its
  * rows), instead of two dispatches per expert (a decoded token) or four (a prompt chunk: gate, up, the
  * SwiGLU product, down, each split across the threads). When decoding, the shared expert goes with them
@@ -242,14 +245,15 @@ static int compute_batch_grouped(state *s, int layer, const layer_weights *share
     return rc;
 }
 
-/* Computes each expert of the batch (reads started by experts_begin) on its rows as it arrives, then
- * adds the weighted outputs into out in ascending expert order. shared: the layer, whose shared expert
- * is computed with the batch (grouped: decoding from a mapped source), or NULL. */
-static int finish_batch(state *s, int layer, const layer_weights *shared, const float *xn, int nb, float *out,
+/* Computes the batch's experts (reads started by experts_begin) on their rows, together or each as it
+ * arrives (see the top), then adds the weighted outputs into out in ascending expert order. shared: the
+ * layer, whose shared expert is computed with the batch (decoding from a mapped source), or NULL. */
+static int finish_batch(state *s, int layer, const layer_weights *shared, const float *xn, int T, int nb, float *out,
                         double *t, char *err, size_t errlen) {
     const model *m = s->m;
     int H = m->cfg.hidden_size, i, rc;
-    if (shared || m->experts->immediate) {
+    /* a batch taken whole: every expert in memory, or read ahead (resident, or nearly, by now) */
+    if (shared || m->experts->immediate || experts_chunk_reads_ahead(m->experts, T, m->top_k, m->cfg.n_experts)) {
         if (compute_batch_grouped(s, layer, shared, xn, nb, t, err, errlen)) return -1;
     } else {
         expert_view v;
@@ -310,7 +314,7 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, in
     /* out = sum over experts (ascending) of w * expert(x), in batches of at most K experts */
     memset(out, 0, sizeof(float) * (size_t)T * H);
     while (nb) {
-        if (finish_batch(s, layer, shared, xn, nb, out, &t, err, errlen)) return -1;
+        if (finish_batch(s, layer, shared, xn, T, nb, out, &t, err, errlen)) return -1;
         shared = NULL;
         if ((nb = next_batch(s, T, &next)) && experts_begin(m->experts, layer, s->batch_ids, nb, err, errlen))
             return -1;

@@ -163,6 +163,9 @@ static void test_grouped_experts_same_bits(void) {
                 CHECK(m->experts->immediate == !k, "mapped source immediate, streaming not");
                 state *s = state_create(m, 256, err, sizeof err);
                 CHECK(model_forward(m, s, r.prompt, r.n_prompt, out[k], 1, err, sizeof err) == 0, "%s", err);
+                experts_stats st;
+                experts_stats_get(m->experts, &st);
+                CHECK(st.read_ahead == 0, "read ahead %llu: not each expert as it arrived", (unsigned long long)st.read_ahead);
                 state_free(s);
                 model_free(m);
             }
