@@ -165,88 +165,51 @@ static void accum_task(void *ctx, int task, int n_tasks) {
 }
 
 /* A batch of experts from a source whose experts are all in memory (mapped), or of a prompt chunk whose
- * experts were read ahead (experts_chunk_reads_ahead): all of them taken first, then every gate/up in one
- * dispatch and every down in another (group_task says how the rows are dealt), instead of two dispatches
- * per expert (a decoded token) or four (a prompt chunk: gate, up, the SwiGLU product, down, each split
- * across the threads). When decoding, the shared expert goes with them (as views[nb], into s->sh). Each
- * row is computed exactly as swiglu_mlp computes it, so the outputs are the same. */
+ * experts were read ahead (experts_chunk_reads_ahead): all of them taken first,
+ * then every gate/up in one dispatch and every down in another, the tasks being (expert, share of its
+ * rows), instead of two dispatches per expert (a decoded token) or four (a prompt chunk: gate, up, the
+ * SwiGLU product, down, each split across the threads). When decoding, the shared expert goes with them
+ * (as views[nb], into s->sh). Each row is computed exactly as swiglu_mlp computes it, so the outputs are
+ * the same. */
 typedef struct {
     state *s;
     const float *xn;
-    int nb;         /* routed experts; views[nb] is the shared one if there are more */
-    int n;          /* experts in all */
-    int chunks;     /* tasks per expert, or 0: tasks of the batch's rows (group_task) */
-    long stride;    /* the largest expert's rows: expert b's are [b stride, b stride + its rows) of the batch's */
-    long per;       /* rows per task */
-    int down;       /* 0: h_b = silu(gate_b x_b) * (up_b x_b); 1: out_b = down_b h_b */
+    int nb;              /* routed experts; views[nb] is the shared one if there are more tasks */
+    int chunks;          /* shares per expert */
+    long per_gu, per_dn; /* rows per share of gate/up and of down */
+    int down;            /* 0: h_b = silu(gate_b x_b) * (up_b x_b); 1: out_b = down_b h_b */
 } group_job;
 
-/* Rows [r0, r1) of expert b of the batch (or the shared one, b = nb). An expert with one row uses the
- * decoding kernels (fused gate/up, matrix-vector down), as swiglu_mlp does for n = 1; one with more (a
- * prompt chunk's, its inputs gathered in xe at its batch rows) the GEMM, then the SwiGLU product of
- * those columns. Its n rows of h and u start at its batch row times state_inter, n rows of its
+/* task = expert b (of the batch, or the shared one) x share c of its rows. An expert with one row uses
+ * the decoding kernels (fused gate/up, matrix-vector down), as swiglu_mlp does for n = 1; one with more
+ * (a prompt chunk's, its inputs gathered in xe at its batch rows) the GEMM, then the SwiGLU product of
+ * the task's columns. Its n rows of h and u start at its batch row times state_inter, n rows of its
  * intermediate size apart. */
-static void group_rows(const group_job *j, int b, int r0, int r1) {
+static void group_task(void *ctx, int task, int n_tasks) {
+    (void)n_tasks;
+    const group_job *j = ctx;
     const state *s = j->s;
-    int H = s->m->cfg.hidden_size, routed = b < j->nb;
+    int b = task / j->chunks, H = s->m->cfg.hidden_size, routed = b < j->nb;
     const expert_view *v = &s->views[b];
     int n = routed ? s->batch_off[b + 1] - s->batch_off[b] : 1, inter = v->gate.rows;
     size_t at = routed ? (size_t)s->batch_off[b] : 0, si = state_inter(&s->m->cfg);
     float *h = s->eh + (routed ? at : (size_t)j->nb) * si; /* the shared one after a decoded token's rows */
     float *y = routed ? s->expert_out + at * H : s->sh;
     const float *x = !routed ? j->xn : n > 1 ? s->xe + at * H : j->xn + (size_t)s->expert_rows[at] * H;
+    long per = j->down ? j->per_dn : j->per_gu, r0, r1;
+    if (!pool_share(task % j->chunks, per, j->down ? v->down.rows : v->gate.rows, &r0, &r1)) return;
     if (j->down) {
-        if (n > 1) kernel_matmat_rows(y, &v->down, h, n, r0, r1);
-        else kernel_matvec_rows(y, &v->down, h, r0, r1);
+        if (n > 1) kernel_matmat_rows(y, &v->down, h, n, (int)r0, (int)r1);
+        else kernel_matvec_rows(y, &v->down, h, (int)r0, (int)r1);
     } else if (n > 1) {
         float *u = s->eu + at * si;
-        kernel_matmat_rows(h, &v->gate, x, n, r0, r1);
-        kernel_matmat_rows(u, &v->up, x, n, r0, r1);
+        kernel_matmat_rows(h, &v->gate, x, n, (int)r0, (int)r1);
+        kernel_matmat_rows(u, &v->up, x, n, (int)r0, (int)r1);
         for (int r = 0; r < n; r++)
             kernel_silu_mul(h + (size_t)r * inter + r0, h + (size_t)r * inter + r0, u + (size_t)r * inter + r0,
                             (size_t)(r1 - r0));
     } else
-        kernel_swiglu_gate_up(h, &v->gate, &v->up, x, r0, r1);
-}
-
-/* Decoding (chunks = 0): task i is rows [i per, (i + 1) per) of the batch's, in whichever experts they
- * fall, so that the experts' rows are split evenly however many experts there are (9 of them on 8 threads
- * in shares of one expert would keep some threads busy for 3 shares while the rest finish 2). A prompt
- * chunk's experts have different numbers of rows, so their work is not in proportion to their weight
- * rows: there task i is share i % chunks of expert i / chunks, and the tasks are taken as threads come
- * free. */
-static void group_task(void *ctx, int task, int n_tasks) {
-    (void)n_tasks;
-    const group_job *j = ctx;
-    if (j->chunks) {
-        int b = task / j->chunks;
-        long r0, r1;
-        if (pool_share(task % j->chunks, j->per, j->down ? j->s->views[b].down.rows : j->s->views[b].gate.rows, &r0, &r1))
-            group_rows(j, b, (int)r0, (int)r1);
-        return;
-    }
-    long v0 = task * j->per, v1 = v0 + j->per;
-    for (int b = (int)(v0 / j->stride); b < j->n && (long)b * j->stride < v1; b++) {
-        long base = (long)b * j->stride, rows = j->down ? j->s->views[b].down.rows : j->s->views[b].gate.rows;
-        long r0 = v0 > base ? v0 - base : 0, r1 = v1 - base < rows ? v1 - base : rows;
-        if (r0 < r1) group_rows(j, b, (int)r0, (int)r1);
-    }
-}
-
-/* The job's tasks for experts of `stride` rows at most: about two per thread in all, so that the last one
- * to finish is short (and at least GROUP_CHUNKS_MIN per expert of a prompt chunk). */
-static int group_plan(group_job *j, long stride, int threads, int chunk) {
-    int tasks;
-    j->stride = stride;
-    if (!chunk) {
-        j->chunks = 0;
-        j->per = pool_per(j->n * stride, 2 * threads, 16, &tasks);
-        return tasks;
-    }
-    j->chunks = (2 * threads + j->n - 1) / j->n;
-    if (j->chunks < GROUP_CHUNKS_MIN) j->chunks = GROUP_CHUNKS_MIN;
-    j->per = pool_per(stride, j->chunks, 16, &tasks);
-    return j->n * j->chunks;
+        kernel_swiglu_gate_up(h, &v->gate, &v->up, x, (int)r0, (int)r1);
 }
 
 static int compute_batch_grouped(state *s, int layer, const layer_weights *shared, const float *xn, int nb, double *t,
@@ -257,20 +220,25 @@ static int compute_batch_grouped(state *s, int layer, const layer_weights *share
     while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) s->views[i] = v;
     state_tick(s, layer, T_IO_WAIT, t);
     if (rc == 0) {
-        int n = nb, H = m->cfg.hidden_size, rows = s->batch_off[nb], chunk = rows > nb;
+        int n = nb, H = m->cfg.hidden_size, rows = s->batch_off[nb];
         if (shared) s->views[n++] = (expert_view){shared->sh_gate, shared->sh_up, shared->sh_down};
-        if (chunk) /* a prompt chunk's batch: its rows' inputs, expert by expert */
+        if (rows > nb) /* a prompt chunk's batch: its rows' inputs, expert by expert */
             for (int r = 0; r < rows; r++)
                 memcpy(s->xe + (size_t)r * H, xn + (size_t)s->expert_rows[r] * H, sizeof(float) * H);
+        /* about two tasks per thread in all, so that the last one to finish is short (at least two per
+         * expert of a prompt chunk); shares of the largest expert's rows (a smaller one leaves its last
+         * shares empty) */
+        int chunks = (2 * threads + n - 1) / n, tasks;
+        if (rows > nb && chunks < GROUP_CHUNKS_MIN) chunks = GROUP_CHUNKS_MIN;
         long gu = 0, dn = 0;
         for (int b = 0; b < n; b++) {
             gu = s->views[b].gate.rows > gu ? s->views[b].gate.rows : gu;
             dn = s->views[b].down.rows > dn ? s->views[b].down.rows : dn;
         }
-        group_job j = {.s = s, .xn = xn, .nb = nb, .n = n};
-        pool_run(m->pool, group_task, &j, group_plan(&j, gu, threads, chunk));
+        group_job j = {s, xn, nb, chunks, pool_per(gu, chunks, 16, &tasks), pool_per(dn, chunks, 16, &tasks), 0};
+        pool_run(m->pool, group_task, &j, n * chunks);
         j.down = 1;
-        pool_run(m->pool, group_task, &j, group_plan(&j, dn, threads, chunk));
+        pool_run(m->pool, group_task, &j, n * chunks);
         state_tick(s, layer, T_EXPERTS, t);
     }
     experts_end(m->experts);
