@@ -57,8 +57,8 @@ static int scratch_list(state *s, const model_config *c, size_t K, size_t C, siz
     F(qkv, C * conv_dim), F(z, C * value_dim), F(beta, C * c->lin_v_heads), F(decay, C * c->lin_v_heads);
     F(o, C * value_dim);
     F(router, C * E), F(topk_w, C * K), I(topk_id, C * K);
-    /* xe, eh, eu: a batch's rows (a prompt chunk's experts, computed together from a mapped source), or a
-     * decoded token's K experts and the shared one at once (moe.c) */
+    /* xe, eh, eu: a batch's rows (a prompt chunk's experts computed together), or a decoded token's K
+     * experts and the shared one at once (moe.c) */
     F(sg, C), F(sh, C * H), F(xe, R * H), F(eh, (R > K + 1 ? R : K + 1) * inter), F(eu, R * inter);
     F(expert_out, R * H), F(expert_w, R), I(expert_rows, R), I(batch_off, K + 1), I(expert_n, E), I(batch_ids, K);
     I(ahead_ids, E);

@@ -13,9 +13,7 @@
 
 #include "state.h"
 
-#ifndef GROUP_CHUNKS_MIN
 #define GROUP_CHUNKS_MIN 2 /* shares per expert of a prompt chunk's batch, at least */
-#endif
 
 typedef struct {
     float *h;
@@ -165,12 +163,11 @@ static void accum_task(void *ctx, int task, int n_tasks) {
 }
 
 /* A batch of experts from a source whose experts are all in memory (mapped), or of a prompt chunk whose
- * experts were read ahead (experts_chunk_reads_ahead): all of them taken first,
- * then every gate/up in one dispatch and every down in another, the tasks being (expert, share of its
- * rows), instead of two dispatches per expert (a decoded token) or four (a prompt chunk: gate, up, the
- * SwiGLU product, down, each split across the threads). When decoding, the shared expert goes with them
- * (as views[nb], into s->sh). Each row is computed exactly as swiglu_mlp computes it, so the outputs are
- * the same. */
+ * experts were read ahead (experts_chunk_reads_ahead): all of them taken first, then every gate/up in one
+ * dispatch and every down in another, the tasks being (expert, share of its rows), instead of two
+ * dispatches per expert (a decoded token) or four (a prompt chunk: gate, up, the SwiGLU product, down,
+ * each split across the threads). When decoding, the shared expert goes with them (as views[nb], into
+ * s->sh). Each row is computed exactly as swiglu_mlp computes it, so the outputs are the same. */
 typedef struct {
     state *s;
     const float *xn;
