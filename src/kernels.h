@@ -50,9 +50,9 @@ void kernel_matvec_mt(pool *p, float *y, const qmat *w, const float *x);
  * row-major (Y = X W^T). At the AVX2 and AVX-512 levels, from a few rows of X on, W is unpacked once
  * per 96 rows of X into panels: f32 panels and an FMA micro-kernel (kernels_gemm_avx2.c), except that
  * Q8/Q4/Q2 weights go to int16 panels and vpmaddwd or vpdpwssd (kernels_gemm_int16_avx2.c, the AVX-512
- * tile in kernels_avx512.c; x rounded to int16 per group, kernel_uses_int16_x); below that, each W row is unpacked once per 4 rows of X (16
- * on the int16 path). At the amx level, Q8/Q4/Q2 weights go to AMX tiles instead (kernels_amx.c; x
- * rounded the same way). Up to ~115 KB of stack. */
+ * tile in kernels_avx512.c; x rounded to int16 per group, kernel_uses_int16_x); below that, each W row
+ * is unpacked once per 4 rows of X (16 on the int16 path). At the amx level, Q8/Q4/Q2 weights go to AMX
+ * tiles instead (kernels_amx.c; x rounded the same way). Up to ~115 KB of stack. */
 void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 
 /* Expert up-projection, SwiGLU: h[r] = silu(gate[r] . x) * (up[r] . x) for r0 <= r < r1,
@@ -77,8 +77,9 @@ int kernel_uses_int16_x(const qmat *w, int n);
 /* The CPU's multiply-add peak for prompt-chunk products at the active level, measured: every thread of
  * the pool runs a register-only loop for `seconds` at once; the sum of their rates (multiply-adds per
  * second). f32 FMAs at the vector width (scalar level: a scalar loop); at the AVX2 and AVX-512 levels the
- * larger of that and int16 products (vpmaddwd, or vpdpwssd with VNNI; each loop `seconds`); at the amx level, byte products on tiles
- * halved (each multiply-add at int16 precision is two of them). kernel_peak_name says which. */
+ * larger of that and int16 products (vpmaddwd, or vpdpwssd with VNNI; each loop `seconds`); at the amx
+ * level, byte products on tiles halved (each multiply-add at int16 precision is two of them).
+ * kernel_peak_name says which. */
 double kernel_peak_mac_rate(pool *p, double seconds);
 const char *kernel_peak_name(void);
 

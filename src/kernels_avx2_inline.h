@@ -23,7 +23,6 @@ static inline __attribute__((always_inline)) void transpose8(__m256 v[8]) {
     v[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
 
-
 /* The same for 32-bit integer lanes. */
 static inline __attribute__((always_inline)) void transpose8_si(__m256i v[8]) {
     __m256 f[8];

@@ -141,6 +141,13 @@ static int next_batch(state *s, int T, int *next) {
     return nb;
 }
 
+/* The inputs of batch rows [at, at + n), from the chunk's normed rows xn, into xe at the same rows. */
+static void gather_inputs(state *s, const float *xn, int at, int n) {
+    int H = s->m->cfg.hidden_size;
+    for (int r = at; r < at + n; r++)
+        memcpy(s->xe + (size_t)r * H, xn + (size_t)s->expert_rows[r] * H, sizeof(float) * H);
+}
+
 typedef struct {
     const state *s;
     float *out;
@@ -217,11 +224,9 @@ static int compute_batch_grouped(state *s, int layer, const layer_weights *share
     while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) s->views[i] = v;
     state_tick(s, layer, T_IO_WAIT, t);
     if (rc == 0) {
-        int n = nb, H = m->cfg.hidden_size, rows = s->batch_off[nb];
+        int n = nb, rows = s->batch_off[nb];
         if (shared) s->views[n++] = (expert_view){shared->sh_gate, shared->sh_up, shared->sh_down};
-        if (rows > nb) /* a prompt chunk's batch: its rows' inputs, expert by expert */
-            for (int r = 0; r < rows; r++)
-                memcpy(s->xe + (size_t)r * H, xn + (size_t)s->expert_rows[r] * H, sizeof(float) * H);
+        if (rows > nb) gather_inputs(s, xn, 0, rows); /* a prompt chunk's batch */
         /* about two tasks per thread in all, so that the last one to finish is short (at least two per
          * expert of a prompt chunk); shares of the largest expert's rows (a smaller one leaves its last
          * shares empty) */
@@ -242,24 +247,23 @@ static int compute_batch_grouped(state *s, int layer, const layer_weights *share
     return rc;
 }
 
-/* Computes the batch's experts (reads started by experts_begin) on their rows, together or each as it
- * arrives (see the top), then adds the weighted outputs into out in ascending expert order. shared: the
- * layer, whose shared expert is computed with the batch (decoding from a mapped source), or NULL. */
-static int finish_batch(state *s, int layer, const layer_weights *shared, const float *xn, int T, int nb, float *out,
-                        double *t, char *err, size_t errlen) {
+/* Computes the batch's experts (reads started by experts_begin) on their rows, together (`together`, or
+ * `shared`) or each as it arrives (see the top), then adds the weighted outputs into out in ascending
+ * expert order. shared: the layer, whose shared expert is computed with the batch (decoding from a
+ * mapped source), or NULL. */
+static int finish_batch(state *s, int layer, const layer_weights *shared, int together, const float *xn, int nb,
+                        float *out, double *t, char *err, size_t errlen) {
     const model *m = s->m;
     int H = m->cfg.hidden_size, i, rc;
-    /* a batch taken whole: every expert in memory, or read ahead (resident, or nearly, by now) */
-    if (shared || m->experts->immediate || experts_chunk_reads_ahead(m->experts, T, m->top_k, m->cfg.n_experts)) {
+    if (shared || together) {
         if (compute_batch_grouped(s, layer, shared, xn, nb, t, err, errlen)) return -1;
     } else {
         expert_view v;
         while ((rc = experts_next(m->experts, &i, &v, err, errlen)) == 1) {
             state_tick(s, layer, T_IO_WAIT, t);
             int n = s->expert_n[s->batch_ids[i]], at = s->batch_off[i];
-            const int *rows = s->expert_rows + at;
-            for (int r = 0; r < n; r++) memcpy(s->xe + (size_t)r * H, xn + (size_t)rows[r] * H, sizeof(float) * H);
-            swiglu_mlp(s, &v.gate, &v.up, &v.down, s->xe, n, s->expert_out + (size_t)at * H);
+            gather_inputs(s, xn, at, n);
+            swiglu_mlp(s, &v.gate, &v.up, &v.down, s->xe + (size_t)at * H, n, s->expert_out + (size_t)at * H);
             state_tick(s, layer, T_EXPERTS, t);
         }
         experts_end(m->experts);
@@ -302,7 +306,9 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, in
         }
         state_tick(s, layer, T_ROUTING, &t);
     }
-    /* decoding from a mapped source, the shared expert is computed with the routed ones (finish_batch) */
+    /* batches taken whole: every expert in memory, or read ahead (resident, or nearly, by now); decoding
+     * from a mapped source, the shared expert is computed with the routed ones (finish_batch) */
+    int together = m->experts->immediate || experts_chunk_reads_ahead(m->experts, T, K, E);
     const layer_weights *shared = T == 1 && nb && m->experts->immediate ? w : NULL;
     state_matmul(s, s->sg, &w->sh_expert_gate, xn, T);
     if (!shared) swiglu_mlp(s, &w->sh_gate, &w->sh_up, &w->sh_down, xn, T, s->sh);
@@ -311,7 +317,7 @@ int moe_forward(state *s, int layer, const layer_weights *w, const float *xn, in
     /* out = sum over experts (ascending) of w * expert(x), in batches of at most K experts */
     memset(out, 0, sizeof(float) * (size_t)T * H);
     while (nb) {
-        if (finish_batch(s, layer, shared, xn, T, nb, out, &t, err, errlen)) return -1;
+        if (finish_batch(s, layer, shared, together, xn, nb, out, &t, err, errlen)) return -1;
         shared = NULL;
         if ((nb = next_batch(s, T, &next)) && experts_begin(m->experts, layer, s->batch_ids, nb, err, errlen))
             return -1;

@@ -41,7 +41,7 @@ struct state {
     int *expert_n;          /* [E]: rows routed to each expert in this chunk */
     int *batch_ids;         /* [K] */
     int *ahead_ids;         /* [E]: 0 .. E - 1, the experts a prompt chunk reads ahead (forward.c) */
-    expert_view *views;     /* [K + 1]: a decoded token's experts and the shared one, computed together (moe.c) */
+    expert_view *views;     /* [K + 1]: a batch's experts (and a decoded token's shared one), computed together (moe.c) */
 };
 
 /* The wider of an expert's and the shared expert's intermediate size: a row of eh and eu. */
