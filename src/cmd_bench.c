@@ -5,8 +5,9 @@
  * /proc/self/io); from memory, every resident matrix a token uses (all layer weights, lm_head), the
  * K experts of every layer, and the state it reads and writes (delta-net recurrent state, KV cache).
  * Disk bandwidth (random expert-record reads with O_DIRECT, through the same I/O engine) and memory
- * bandwidth (a streaming read of a buffer on all threads with vector loads: membw.h) are measured in the same run, before and after
- * the repetitions (the better of the two is used: both drift on a shared host). The floor is the larger
+ * bandwidth (a streaming read of a buffer on all threads with vector loads: membw.h) are measured in
+ * the same run, before and after the repetitions (the better of the two is used: both drift on a
+ * shared host). The floor is the larger
  * of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can overlap compute); the achieved fraction is
  * floor / measured time per token.
  *

@@ -77,7 +77,7 @@ typedef void (*kernel_rows_fn)(const qmat *w, int r0, int r1, int c0, int c1, co
 
 /* Bytes ahead of the current position the row kernels prefetch W from (0: no software prefetch;
  * the hardware prefetcher alone leaves quantized rows latency-bound). 4 KB: decoding the 35B q4 in RAM
- * on 2 threads, the Sapphire Rapids host went from 6.7-7.6 tok/s at 1 KB to 8.8-9.6, with 2 and 3 KB
+ * on 2 threads, the Sapphire Rapids host went from 6.7-7.6 tok/s at 1 KB to 8.6-9.6, with 2 and 3 KB
  * in between; the Zen 3 machine moved within its noise, never slower (BENCHMARKS.md, series 11). */
 #ifndef KERNEL_PREFETCH
 #define KERNEL_PREFETCH 4096
