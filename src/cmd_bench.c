@@ -7,9 +7,8 @@
  * Disk bandwidth (random expert-record reads with O_DIRECT, through the same I/O engine) and memory
  * bandwidth (a streaming read of a buffer on all threads with vector loads: membw.h) are measured in
  * the same run, before and after the repetitions (the better of the two is used: both drift on a
- * shared host). The floor is the larger
- * of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can overlap compute); the achieved fraction is
- * floor / measured time per token.
+ * shared host). The floor is the larger of bytes_disk / disk_bw and bytes_mem / mem_bw (reads can
+ * overlap compute); the achieved fraction is floor / measured time per token.
  *
  * Prefill has its own floor: the larger of its arithmetic (multiply-adds per prompt token, counted from
  * the model's shapes, over the multiply-add peak of all threads at the kernel level in use, measured in
@@ -438,8 +437,7 @@ int cmd_bench(int argc, char **argv) {
                pre_floor > 0 ? 1 / pre_floor : 0, pre_macs / 1e9, peak_macs / 1e9, kernel_peak_name(), 1e3 * tp_cpu, pre_disk_bytes / 1e6,
                1e3 * tp_disk, 100 * pre_frac);
         /* above 100%: the term that set the floor was measured below what the run reached */
-        int over_disk = (frac > 1 && t_disk >= t_mem) || (pre_frac > 1 && tp_disk >= tp_cpu);
-        if (over_disk)
+        if ((frac > 1 && t_disk >= t_mem) || (pre_frac > 1 && tp_disk >= tp_cpu))
             printf("note: above 100%% of a floor: this run read from disk faster than the measured random-record "
                    "bandwidth (page-cache readahead), so that floor does not bound it\n");
         if (frac > 1 && t_mem > t_disk)

@@ -53,21 +53,10 @@ static uint64_t read_scalar(const char *p, size_t n) {
     return s0 ^ s1 ^ s2 ^ s3;
 }
 
-int membw_isa_available(membw_isa isa) {
-    switch (isa) {
-    case MEMBW_SCALAR: return 1;
+uint64_t membw_read(kernel_level lv, const void *p, size_t n, size_t ahead) {
 #if defined(__x86_64__)
-    case MEMBW_AVX2: __builtin_cpu_init(); return __builtin_cpu_supports("avx2");
-    case MEMBW_AVX512: __builtin_cpu_init(); return __builtin_cpu_supports("avx512f");
-#endif
-    default: return 0;
-    }
-}
-
-uint64_t membw_read(membw_isa isa, const void *p, size_t n, size_t ahead) {
-#if defined(__x86_64__)
-    if (isa == MEMBW_AVX512) return read_avx512(p, n, ahead);
-    if (isa == MEMBW_AVX2) return read_avx2(p, n, ahead);
+    if (lv >= KERNEL_AVX512) return read_avx512(p, n, ahead);
+    if (lv == KERNEL_AVX2) return read_avx2(p, n, ahead);
 #endif
     (void)ahead;
     return read_scalar(p, n);
@@ -75,15 +64,15 @@ uint64_t membw_read(membw_isa isa, const void *p, size_t n, size_t ahead) {
 
 typedef struct {
     const char *buf;
-    size_t bytes, ahead;
-    membw_isa isa;
+    size_t per, ahead; /* bytes per task, a multiple of 256 */
+    kernel_level lv;
     uint64_t sums[64];
 } read_job;
 
 static void read_task(void *ctx, int t, int n_tasks) {
+    (void)n_tasks;
     read_job *j = ctx;
-    size_t per = j->bytes / (size_t)n_tasks / 256 * 256;
-    j->sums[t % 64] ^= membw_read(j->isa, j->buf + per * (size_t)t, per, j->ahead);
+    j->sums[t % 64] ^= membw_read(j->lv, j->buf + j->per * (size_t)t, j->per, j->ahead);
 }
 
 double membw_measure(pool *p, size_t bytes) {
@@ -91,19 +80,15 @@ double membw_measure(pool *p, size_t bytes) {
     char *buf = aligned_alloc(4096, bytes);
     if (!buf) return 0;
     for (size_t i = 0; i < bytes / 8; i++) ((uint64_t *)(void *)buf)[i] = i * 0x9e3779b97f4a7c15ull;
-    membw_isa isa = MEMBW_SCALAR;
-    for (int v = MEMBW_COUNT - 1; v > MEMBW_SCALAR; v--)
-        if (membw_isa_available((membw_isa)v)) {
-            isa = (membw_isa)v;
-            break;
-        }
-    read_job j = {.buf = buf, .bytes = bytes, .isa = isa};
+    kernel_level lv = KERNEL_SCALAR; /* the widest loads this CPU and build have */
+    for (int l = KERNEL_AVX2; l <= KERNEL_AVX512; l++)
+        if (kernel_level_available((kernel_level)l)) lv = (kernel_level)l;
     int n = pool_size(p);
-    /* the per-task share is rounded down to 256 bytes, so the bytes read are n * per */
-    double read = (double)(bytes / (size_t)n / 256 * 256) * n, best = 0;
+    read_job j = {.buf = buf, .per = bytes / (size_t)n / 256 * 256, .lv = lv};
+    double read = (double)j.per * n, best = 0;
     const size_t aheads[] = {0, 4096};
     for (int a = 0; a < 2; a++) {
-        j.ahead = isa == MEMBW_SCALAR ? 0 : aheads[a];
+        j.ahead = lv == KERNEL_SCALAR ? 0 : aheads[a];
         for (int r = 0; r < 3; r++) {
             double t0 = util_now_seconds();
             pool_run(p, read_task, &j, n);

@@ -12,9 +12,9 @@ static uint64_t fold(const uint64_t *w, size_t n) {
     return r;
 }
 
-/* Each variant available here, with and without prefetch, gives the xor of every word; flipping any one
- * word (first, last, a stream boundary) changes it. */
-static void test_variants_read_every_word(void) {
+/* The loads of each kernel level available here, with and without prefetch, give the xor of every word;
+ * flipping any one word (first, last, a stream boundary) changes it. */
+static void test_levels_read_every_word(void) {
     const size_t n = 256 * 37; /* bytes: not a multiple of the vector loops' 512 */
     uint64_t *w = aligned_alloc(64, n);
     uint64_t x = 0x243f6a8885a308d3ull;
@@ -23,21 +23,22 @@ static void test_variants_read_every_word(void) {
         w[i] = x;
     }
     int tried = 0;
-    for (int v = 0; v < MEMBW_COUNT; v++) {
-        if (!membw_isa_available((membw_isa)v)) continue;
+    for (int v = 0; v < KERNEL_LEVEL_COUNT; v++) {
+        if (!kernel_level_available((kernel_level)v)) continue;
         tried++;
         for (size_t ahead = 0; ahead <= 4096; ahead += 4096) {
-            CHECK(membw_read((membw_isa)v, w, n, ahead) == fold(w, n / 8), "variant %d, ahead %zu", v, ahead);
+            CHECK(membw_read((kernel_level)v, w, n, ahead) == fold(w, n / 8), "level %s, ahead %zu",
+                  kernel_level_name((kernel_level)v), ahead);
             const size_t at[] = {0, 3, 4, 7, 31, 32, n / 8 - 1};
             for (size_t k = 0; k < sizeof at / sizeof at[0]; k++) {
                 w[at[k]] ^= 1ull << (k * 9);
-                CHECK(membw_read((membw_isa)v, w, n, ahead) == fold(w, n / 8), "variant %d, word %zu flipped", v,
-                      at[k]);
+                CHECK(membw_read((kernel_level)v, w, n, ahead) == fold(w, n / 8), "level %s, word %zu flipped",
+                      kernel_level_name((kernel_level)v), at[k]);
                 w[at[k]] ^= 1ull << (k * 9);
             }
         }
     }
-    CHECK(tried >= 1, "the scalar variant is always available");
+    CHECK(tried >= 1, "the scalar level is always available");
     free(w);
 }
 
@@ -51,7 +52,7 @@ static void test_measure_gives_a_rate(void) {
 }
 
 int main(void) {
-    RUN_TEST(test_variants_read_every_word);
+    RUN_TEST(test_levels_read_every_word);
     RUN_TEST(test_measure_gives_a_rate);
     TEST_EXIT();
 }
