@@ -38,7 +38,12 @@
 #ifndef AMX_NB
 #define AMX_NB 128 /* x rows per pass: 8 tiles (measured: 64 was 5-20% slower at 128 rows) */
 #endif
-#define AMX_KC 256 /* columns per pass, a multiple of every group */
+/* Columns per pass, a multiple of every group and of 256. Wider passes mean fewer tile_product calls
+ * (each starts with its pipeline empty) and fewer read-backs of Y; measured on 512-token prompts of the
+ * 35B geometry at q4 (BENCHMARKS.md, series 12): 1024 took 13-17% less time per prompt token than 256. */
+#ifndef AMX_KC
+#define AMX_KC 1024
+#endif
 #define AMX_MAXG (AMX_KC / 32)
 /* Tile registers (the intrinsics take them as literals). */
 #define T_CLO 0 /* C of the lo bytes */
@@ -183,23 +188,27 @@ static void pack_w(uint8_t *bp, float *sc, float *bi, const qmat *w, int rb, int
                 _mm512_store_si512((__m512i *)(bp + (size_t)(V * (m0 + m) + e) * 64),
                                    _mm512_and_si512(_mm512_srli_epi32(v[m], bits * e), mask));
     }
-    /* Scales and biases: row i's ng (<= 8) bf16 values of each are 4 dwords; the same transpose turns
-     * them into dword k of all 16 rows = groups 2k (low half) and 2k + 1 (high half). */
+    /* Scales and biases, 8 groups at a time: row i's 8 bf16 values of each are 4 dwords; the same
+     * transpose turns them into dword k of all 16 rows = groups 2k (low half) and 2k + 1 (high half). */
     const int g0 = kb / w->group, ng = kc / w->group;
-    const __mmask8 gm = (__mmask8)((1u << ng) - 1);
-    for (int i = 0; i < 16; i++) {
-        size_t at = (size_t)(rb + i) * gpr + g0;
-        __m128i s = i < nr ? _mm_maskz_loadu_epi16(gm, w->scales + at) : _mm_setzero_si128();
-        __m128i b = i < nr ? _mm_maskz_loadu_epi16(gm, w->biases + at) : _mm_setzero_si128();
-        v[i] = _mm512_inserti32x4(_mm512_castsi128_si512(s), b, 1);
-    }
-    transpose16(v);
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    for (int k = 0; k < (ng + 1) / 2; k++) {
-        _mm512_store_ps(sc + 2 * k * 16, _mm512_castsi512_ps(_mm512_slli_epi32(v[k], 16)));
-        _mm512_store_ps(sc + (2 * k + 1) * 16, _mm512_castsi512_ps(_mm512_and_si512(v[k], hi)));
-        _mm512_store_ps(bi + 2 * k * 16, _mm512_castsi512_ps(_mm512_slli_epi32(v[4 + k], 16)));
-        _mm512_store_ps(bi + (2 * k + 1) * 16, _mm512_castsi512_ps(_mm512_and_si512(v[4 + k], hi)));
+    for (int h0 = 0; h0 < ng; h0 += 8) {
+        const int nh = ng - h0 < 8 ? ng - h0 : 8;
+        const __mmask8 gm = (__mmask8)((1u << nh) - 1);
+        for (int i = 0; i < 16; i++) {
+            size_t at = (size_t)(rb + i) * gpr + g0 + h0;
+            __m128i s = i < nr ? _mm_maskz_loadu_epi16(gm, w->scales + at) : _mm_setzero_si128();
+            __m128i b = i < nr ? _mm_maskz_loadu_epi16(gm, w->biases + at) : _mm_setzero_si128();
+            v[i] = _mm512_inserti32x4(_mm512_castsi128_si512(s), b, 1);
+        }
+        transpose16(v);
+        float *sh = sc + h0 * 16, *bh = bi + h0 * 16;
+        for (int k = 0; k < (nh + 1) / 2; k++) {
+            _mm512_store_ps(sh + 2 * k * 16, _mm512_castsi512_ps(_mm512_slli_epi32(v[k], 16)));
+            _mm512_store_ps(sh + (2 * k + 1) * 16, _mm512_castsi512_ps(_mm512_and_si512(v[k], hi)));
+            _mm512_store_ps(bh + 2 * k * 16, _mm512_castsi512_ps(_mm512_slli_epi32(v[4 + k], 16)));
+            _mm512_store_ps(bh + (2 * k + 1) * 16, _mm512_castsi512_ps(_mm512_and_si512(v[4 + k], hi)));
+        }
     }
 }
 
@@ -272,6 +281,7 @@ void kernel_gemm_amx(float *Y, const qmat *w, const float *X, int n, int r0, int
         kernel_gemm_avx512(Y, w, X, n, r0, r1);
         return;
     }
+    /* about 300 KB of stack at AMX_KC 1024: the pool's threads have the default (8 MB) */
     _Alignas(64) uint8_t alo[AMX_NB * AMX_KC], ahi[AMX_NB * AMX_KC], bp[AMX_KC * 16];
     _Alignas(64) float xd[AMX_NB * AMX_MAXG], xs[AMX_NB * AMX_MAXG], sc[AMX_MAXG * 16], bi[AMX_MAXG * 16];
     const int group = w->group, ks = group < 64 ? group : 64, spg = group / ks;
