@@ -96,12 +96,12 @@ static void pack_x(int32_t *Xp, float *xd, float *xs, const float *X, size_t ldx
     }
 }
 
-/* The scales and biases of weight rows rb .. rb + nr - 1 (the rest zero) for groups g0 .. g0 + ng - 1 (ng <= 8)
- * as f32, sc[g * 16 + i]. Row i's bf16 scales of an even number of groups are whole dwords; 8 rows' 4
- * dwords of scales and 4 of biases, transposed, give dword k of each row in one vector: its low half is
- * group 2k and its high half group 2k + 1. An odd ng (a last block of one group of 64 or 128) takes
- * the scalar path, as nothing past the row's groups may be read. */
-static void panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, int gpr, int g0, int ng) {
+/* The scales and biases of weight rows rb .. rb + nr - 1 (the rest zero) for groups g0 .. g0 + ng - 1
+ * as f32, sc[g * 16 + i], 8 groups at a time. Row i's bf16 scales of an even number of groups are whole
+ * dwords; 8 rows' 4 dwords of scales and 4 of biases, transposed, give dword k of each row in one vector:
+ * its low half is group 2k and its high half group 2k + 1. An odd count (a last block of one group of 64
+ * or 128) takes the scalar path, as nothing past the row's groups may be read. */
+static void panel_scales8(float *sc, float *bi, const qmat *w, int rb, int nr, int gpr, int g0, int ng) {
     if (ng % 2) {
         for (int g = 0; g < ng; g++)
             for (int i = 0; i < 16; i++) {
@@ -130,6 +130,11 @@ static void panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, in
             _mm256_store_si256((__m256i *)(bi + (2 * k + 1) * 16 + half * 8), _mm256_and_si256(v[4 + k], hi));
         }
     }
+}
+
+static void panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, int gpr, int g0, int ng) {
+    for (int h = 0; h < ng; h += 8)
+        panel_scales8(sc + h * 16, bi + h * 16, w, rb, nr, gpr, g0 + h, ng - h < 8 ? ng - h : 8);
 }
 
 /* The panel of weight rows rb .. rb + nr - 1 (nr <= 16; the rest zero), columns [kb, kb + kc): the code

@@ -330,9 +330,9 @@ static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, k
  * panel boundary. The f32 GEMMs are held to the f32 bound; the int16 and amx GEMMs round x to int16 for
  * Q8/Q4/Q2 and are held to that path's bound (kernel_uses_int16_x(w, n)); with kernel_f32_x_force
  * (test_f32_x_all_levels) every level's f32 GEMM runs these too. The int16 and amx GEMMs' edges are the
- * same kind: passes of 96 or 128 rows, blocks of 256 or (amx) 1024 columns, the last one part-filled and
- * ending part-way through a block of 8 words (1344 = 5 x 256 + 64 = 1024 + 320 columns of Q4 or Q2), tiles
- * of 4, 8 or 16 rows. */
+ * same kind: passes of 96 or 128 rows, blocks of 512 or (amx) 1024 columns, the last one part-filled and
+ * ending part-way through a block of 8 words (1344 = 2 x 512 + 320 = 1024 + 320 columns of Q4 or Q2),
+ * tiles of 4, 8 or 16 rows. */
 static void test_matmat_panels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
     int ns[] = {13, 97, 133}; /* 133: more than one pass of the amx GEMM (128 rows) */
