@@ -414,10 +414,17 @@ float kernel_exp_sum(float *x, int n, float sub) {
     return sum;
 }
 
+/* Whether n rows of X take the level's panel GEMM. Not Q3: the panels unpack its 3-byte packs one
+ * weight at a time, which made it 20 times slower than the row kernels at 4 to 8 rows of X (Zen 4,
+ * bench/kernels.c; BENCHMARKS.md, series 12). */
+static int takes_gemm(const kernel_ops *ops, const qmat *w, int n) {
+    return ops->gemm && n >= GEMM_MIN_N && w->type != DTYPE_Q3;
+}
+
 int kernel_uses_int16_x(const qmat *w, int n) {
     const kernel_ops *ops = active_ops(w);
     if (!ops) return 0;
-    if (ops->gemm && n >= GEMM_MIN_N) return ops->gemm_rounds_x && ops->gemm_rounds_x(w->type);
+    if (takes_gemm(ops, w, n)) return ops->gemm_rounds_x && ops->gemm_rounds_x(w->type);
     return ops->qpack[w->type] > 0;
 }
 
@@ -436,7 +443,7 @@ void kernel_matmat_rows(float *Y, const qmat *w, const float *X, int n, int r0, 
             kernel_matvec_rows_ref(Y + (size_t)j * w->rows, w, X + (size_t)j * w->cols, r0, r1);
         return;
     }
-    if (ops->gemm && n >= GEMM_MIN_N) ops->gemm(Y, w, X, n, r0, r1);
+    if (takes_gemm(ops, w, n)) ops->gemm(Y, w, X, n, r0, r1);
     else if (n > 0) rows_run(ops, w, X, n, r0, r1, (rows_out){Y + r0, (size_t)w->rows, 1.0f, 0});
 }
 
