@@ -196,11 +196,11 @@ void kernel_prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc) {
     size_t len = (size_t)kc * dtype_bits(w->type) / 8;
     for (int i = 0; i < nr; i++) {
         const char *p = (const char *)w->data + (size_t)(rb + i) * row_bytes + start;
-        for (size_t o = 0; o < len; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+        for (size_t o = 0; o < len; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
         if (dtype_is_quant(w->type)) { /* the row's scales and biases for these columns */
             size_t g = (size_t)(rb + i) * (w->cols / w->group) + kb / w->group;
-            _mm_prefetch((const char *)(w->scales + g), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w->biases + g), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w->scales + g), _MM_HINT_T1);
+            _mm_prefetch((const char *)(w->biases + g), _MM_HINT_T1);
         }
     }
 }

@@ -122,7 +122,9 @@ typedef void (*kernel_gemm_tile)(int rows, const float *P, int kc, const float *
                                  int first);
 /* Prefetches the weight bytes of rows rb.. rb + nr - 1, columns [kb, kb + kc), with their scales and
  * biases: a later panel's, so that unpacking does not wait for memory (its rows are a stride apart,
- * which the hardware prefetchers miss). */
+ * which the hardware prefetchers miss). Into L2 (_MM_HINT_T1): a panel is up to 100 lines issued at
+ * once, more than L1 has fill buffers for; into L1 the expert GEMMs of a 512-token prompt took 13%
+ * longer on Zen 4 (BENCHMARKS.md, series 12). */
 void kernel_prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc);
 /* The panel after next (rows rb + 2 GEMM_MR, or the next column block's first rows) for a driver that
  * walks rows [r0, r1) in panels of GEMM_MR within column blocks of kcb: prefetched if it exists. */
