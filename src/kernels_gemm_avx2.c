@@ -14,7 +14,8 @@
  * spread over all activation rows. Quantized rows are unpacked 8 rows at a time: one 32-bit word of each
  * row is transposed into one vector (8 x 8 word transpose), after which a shift and a mask give the
  * same value index of all 8 rows, i.e. one row of the panel. Float types go through an 8 x 8 float
- * transpose. Anything else (Q3, a partial block at the end of a row) takes a scalar path.
+ * transpose. Anything else (a partial block at the end of a row; Q3, which kernel_matmat_rows no longer
+ * sends here: its row kernels are faster than this scalar unpacking) takes a scalar path.
  *
  * Rounding: a weight is formed as q * s + b in f32 (one rounding, as in the reference's terms), and
  * each output sums GEMM_KC products in one f32 accumulator before adding the block to Y, so the error

@@ -63,7 +63,7 @@ typedef struct {
 #define KERNEL_QNB 2
 
 /* Rows of X from which kernel_matmat_rows takes the panel GEMM instead of the row kernels (measured:
- * bench/kernels.c). */
+ * bench/kernels.c), for every type but Q3 (see takes_gemm in kernels.c). */
 #ifndef GEMM_MIN_N
 #define GEMM_MIN_N 3
 #endif
@@ -94,8 +94,8 @@ typedef struct {
     /* The int16 path's x preparation (see kernel_xview): xq and xd of x[0, n), n a multiple of
      * group; xd gets ng = n / group scales. */
     void (*quant_x16)(const float *x, int n, int group, int qp, int16_t *xq, float *xd);
-    /* Y = X W^T for rows [r0, r1) when n >= GEMM_MIN_N (kernel_matmat_rows' contract): W unpacked once
-     * into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
+    /* Y = X W^T for rows [r0, r1) when n >= GEMM_MIN_N and w is not Q3 (kernel_matmat_rows' contract):
+     * W unpacked once into panels that serve all n rows of X; NULL: the row kernels serve matmat too. */
     void (*gemm)(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
     /* 1 when gemm rounds x to int16 per group for weights of type t (every SIMD level: Q8, Q4,
      * Q2); NULL: never. */
@@ -123,8 +123,8 @@ typedef void (*kernel_gemm_tile)(int rows, const float *P, int kc, const float *
 /* Prefetches the weight bytes of rows rb.. rb + nr - 1, columns [kb, kb + kc), with their scales and
  * biases: a later panel's, so that unpacking does not wait for memory (its rows are a stride apart,
  * which the hardware prefetchers miss). Into L2 (_MM_HINT_T1): a panel is up to 100 lines issued at
- * once, more than L1 has fill buffers for; into L1 the expert GEMMs of a 512-token prompt took 13%
- * longer on Zen 4 (BENCHMARKS.md, series 12). */
+ * once, more than L1 has fill buffers for; into L2 the expert GEMMs of a 512-token prompt took 16% less
+ * time than into L1 on Zen 4 (BENCHMARKS.md, series 12). */
 void kernel_prefetch_panel(const qmat *w, int rb, int nr, int kb, int kc);
 /* The panel after next (rows rb + 2 GEMM_MR, or the next column block's first rows) for a driver that
  * walks rows [r0, r1) in panels of GEMM_MR within column blocks of kcb: prefetched if it exists. */
