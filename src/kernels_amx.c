@@ -32,6 +32,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "kernels_avx512_inline.h"
 #include "kernels_impl.h"
 #include "util.h"
 
@@ -145,31 +146,6 @@ static void pack_x(uint8_t *alo, uint8_t *ahi, float *xd, float *xs, const float
     }
 }
 
-/* On return v[k] holds dword k of the input vectors 0..15 (a 16 x 16 dword transpose). */
-static inline __attribute__((always_inline)) void transpose16(__m512i v[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) { /* v[4i + c], 128-bit lane l: dword 4l + c of inputs 4i .. 4i + 3 */
-        v[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        v[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        v[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        v[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512i ab0 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0x44), ab1 = _mm512_shuffle_i32x4(v[c], v[4 + c], 0xee);
-        __m512i cd0 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0x44);
-        __m512i cd1 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], 0xee);
-        t[c] = _mm512_shuffle_i32x4(ab0, cd0, 0x88);
-        t[4 + c] = _mm512_shuffle_i32x4(ab0, cd0, 0xdd);
-        t[8 + c] = _mm512_shuffle_i32x4(ab1, cd1, 0x88);
-        t[12 + c] = _mm512_shuffle_i32x4(ab1, cd1, 0xdd);
-    }
-    for (int i = 0; i < 16; i++) v[i] = t[i];
-}
-
 /* B rows for weight rows rb .. rb + nr - 1 (the rest zero), columns [kb, kb + kc): row V*m + e (m a word
  * of the block) at bp + (V*m + e) * 64; and the rows' scales and biases per group, sc[g * 16 + i]. */
 static void pack_w(uint8_t *bp, float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc) {
@@ -182,7 +158,7 @@ static void pack_w(uint8_t *bp, float *sc, float *bi, const qmat *w, int rb, int
         __mmask16 lm = nw - m0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nw - m0)) - 1);
         for (int i = 0; i < 16; i++)
             v[i] = i < nr ? _mm512_maskz_loadu_epi32(lm, rows + (size_t)i * wpr + m0) : _mm512_setzero_si512();
-        transpose16(v);
+        transpose16_si(v);
         for (int m = 0; m < 16 && m0 + m < nw; m++)
             for (int e = 0; e < V; e++)
                 _mm512_store_si512((__m512i *)(bp + (size_t)(V * (m0 + m) + e) * 64),
@@ -201,7 +177,7 @@ static void pack_w(uint8_t *bp, float *sc, float *bi, const qmat *w, int rb, int
             __m128i b = i < nr ? _mm_maskz_loadu_epi16(gm, w->biases + at) : _mm_setzero_si128();
             v[i] = _mm512_inserti32x4(_mm512_castsi128_si512(s), b, 1);
         }
-        transpose16(v);
+        transpose16_si(v);
         float *sh = sc + h0 * 16, *bh = bi + h0 * 16;
         for (int k = 0; k < (nh + 1) / 2; k++) {
             _mm512_store_ps(sh + 2 * k * 16, _mm512_castsi512_ps(_mm512_slli_epi32(v[k], 16)));

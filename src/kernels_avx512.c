@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #include <stdatomic.h>
 
+#include "kernels_avx512_inline.h"
 #include "kernels_impl.h"
 #include "util.h"
 
@@ -261,7 +262,13 @@ void kernel_gemm_avx512(float *Y, const qmat *w, const float *X, int n, int r0, 
 
 KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_cvtss_f32, 16)
 
-/* ---- the int16 GEMM's tile (kernel_gemm_int16_run): one panel step of 16 weight rows is one zmm ----- */
+/* ---- the int16 GEMM's panels and tile (kernel_gemm_int16_run) ------------------------------------
+ * The panel keeps each packed word once: P[m * 16 + i] = word m (of the column block) of weight row
+ * rb + i, 16 rows transposed into one zmm. The tile unpacks step s = m H + e (H = 16 / bits code pairs
+ * per word) as (P[m] >> bits e) & mask, which holds codes e and e + H of each lane as two int16: the pairs
+ * the driver packs x in (kernels_gemm_int16_avx2.c). The AVX2 level stores every step unpacked instead;
+ * here that was 4x the stores and the panel's L1 footprint, and a 1024 x 4096 Q4 GEMM ran at 53 G
+ * multiply-adds/s at n = 8 against 73 with the words (BENCHMARKS.md, series 13). */
 
 #define GEMM16_NR512 8 /* x rows per tile: 8 int32 and 8 f32 accumulators */
 
@@ -278,9 +285,32 @@ AI __m512i madd_acc512(__m512i acc, __m512i w, __m512i x, const int VNNI) {
     return acc;
 }
 
-AI void micro16_512(const int NR, const int VNNI, const int32_t *P, const int32_t *Xp, const float *xd,
-                    const float *xs, const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr,
-                    int first) {
+/* kernel_gemm16_fill: the words of rows rb .. rb + nr - 1 (the rest zero), 16 at a time. */
+static void panel_words512(int32_t *P, float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc) {
+    const int V = 32 / dtype_bits(w->type), wpr = w->cols / V, nw = kc / V;
+    const int32_t *row = (const int32_t *)w->data + (size_t)rb * wpr + kb / V;
+    for (int m0 = 0; m0 < nw; m0 += 16) {
+        int left = nw - m0 < 16 ? nw - m0 : 16; /* a block can end on 8, 4 or 2 words */
+        __mmask16 lm = mask16(left);
+        __m512i v[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            v[i] = i < nr ? _mm512_maskz_loadu_epi32(lm, row + (size_t)i * wpr + m0) : _mm512_setzero_si512();
+        transpose16_si(v);
+#pragma GCC unroll 16
+        for (int m = 0; m < 16; m++) {
+            if (m >= left) break;
+            _mm512_store_si512((void *)(P + (size_t)(m0 + m) * 16), v[m]);
+        }
+    }
+    kernel_gemm16_panel_scales(sc, bi, w, rb, nr, kb, kc);
+}
+
+AI void micro16_512(const int NR, const int BITS, const int VNNI, const int32_t *P, const int32_t *Xp,
+                    const float *xd, const float *xs, const float *sc, const float *bi, int ng, int spg, float *Y,
+                    size_t ldy, int nr, int first) {
+    const int H = 16 / BITS; /* steps per word */
+    const __m512i mask = _mm512_set1_epi32(((1 << BITS) - 1) * 0x10001);
     __m512 f[GEMM16_NR512];
     _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
         f[j] = _mm512_setzero_ps();
@@ -289,11 +319,14 @@ AI void micro16_512(const int NR, const int VNNI, const int32_t *P, const int32_
     for (int g = 0; g < ng; g++) {
         __m512i a[GEMM16_NR512];
         _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) a[j] = _mm512_setzero_si512();
-        const int32_t *p = P + (size_t)g * spg * 16, *x = Xp + (size_t)g * spg;
-        for (int st = 0; st < spg; st++) {
-            __m512i wv = _mm512_load_si512((const void *)(p + st * 16));
-            _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++)
-                a[j] = madd_acc512(a[j], wv, _mm512_set1_epi32(x[(size_t)j * GEMM16_STEPS + st]), VNNI);
+        const int32_t *p = P + (size_t)g * (spg / H) * 16, *x = Xp + (size_t)g * spg;
+        for (int m = 0; m < spg / H; m++) {
+            __m512i wv = _mm512_load_si512((const void *)(p + m * 16));
+            _Pragma("GCC unroll 8") for (int e = 0; e < H; e++) {
+                __m512i q = _mm512_and_si512(e ? _mm512_srli_epi32(wv, BITS * e) : wv, mask);
+                _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++)
+                    a[j] = madd_acc512(a[j], q, _mm512_set1_epi32(x[(size_t)j * GEMM16_STEPS + m * H + e]), VNNI);
+            }
         }
         __m512 sv = _mm512_load_ps(sc + g * 16), bv = _mm512_load_ps(bi + g * 16);
         _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
@@ -308,33 +341,46 @@ AI void micro16_512(const int NR, const int VNNI, const int32_t *P, const int32_
     }
 }
 
-#define TILE16_512(NAME, VNNI)                                                                                  \
+#define TILE16_512(NAME, BITS, VNNI)                                                                            \
     static void NAME(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs,           \
                      const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr, int first) { \
         switch (rows) {                                                                                         \
-        case 1: micro16_512(1, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
-        case 2: micro16_512(2, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
-        case 3: micro16_512(3, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
-        case 4: micro16_512(4, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
-        case 5: micro16_512(5, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
-        case 6: micro16_512(6, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
-        case 7: micro16_512(7, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                 \
-        default: micro16_512(8, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;                \
+        case 1: micro16_512(1, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
+        case 2: micro16_512(2, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
+        case 3: micro16_512(3, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
+        case 4: micro16_512(4, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
+        case 5: micro16_512(5, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
+        case 6: micro16_512(6, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
+        case 7: micro16_512(7, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
+        default: micro16_512(8, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;          \
         }                                                                                                       \
     }
-TILE16_512(tile16_512, 0)
-TILE16_512(tile16_512_vnni, 1)
+TILE16_512(tile16_q8, 8, 0)
+TILE16_512(tile16_q4, 4, 0)
+TILE16_512(tile16_q2, 2, 0)
+TILE16_512(tile16_q8_vnni, 8, 1)
+TILE16_512(tile16_q4_vnni, 4, 1)
+TILE16_512(tile16_q2_vnni, 2, 1)
+
+static void gemm16_512(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int vnni) {
+    _Static_assert(GEMM16_NB % GEMM16_NR512 == 0, "passes hold whole tiles");
+    if (!kernel_gemm_int16_rounds_x(w->type)) {
+        kernel_gemm_avx512(Y, w, X, n, r0, r1);
+        return;
+    }
+    int bits = dtype_bits(w->type);
+    kernel_gemm16_tile tile = bits == 8 ? (vnni ? tile16_q8_vnni : tile16_q8)
+                              : bits == 4 ? (vnni ? tile16_q4_vnni : tile16_q4)
+                                          : (vnni ? tile16_q2_vnni : tile16_q2);
+    kernel_gemm_int16_run(Y, w, X, n, r0, r1, GEMM16_NR512, tile, panel_words512);
+}
 
 void kernel_gemm_int16_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
-    _Static_assert(GEMM16_NB % GEMM16_NR512 == 0, "passes hold whole tiles");
-    if (kernel_gemm_int16_rounds_x(w->type)) kernel_gemm_int16_run(Y, w, X, n, r0, r1, GEMM16_NR512, tile16_512);
-    else kernel_gemm_avx512(Y, w, X, n, r0, r1);
+    gemm16_512(Y, w, X, n, r0, r1, 0);
 }
 
 void kernel_gemm_int16_avx512_vnni(float *Y, const qmat *w, const float *X, int n, int r0, int r1) {
-    if (kernel_gemm_int16_rounds_x(w->type))
-        kernel_gemm_int16_run(Y, w, X, n, r0, r1, GEMM16_NR512, tile16_512_vnni);
-    else kernel_gemm_avx512(Y, w, X, n, r0, r1);
+    gemm16_512(Y, w, X, n, r0, r1, 1);
 }
 
 /* 4096 rounds of 10 independent chains at ctx (__m512i[10]), 32 multiply-adds per link: vpdpwssd (vnni)

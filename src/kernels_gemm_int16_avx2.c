@@ -1,7 +1,7 @@
 /* Matrix-matrix product for prompt chunks on AVX2 with x rounded to int16, for Q8, Q4 and Q2 weights:
  * Y = X W^T, i.e. Y[j][r] = W[r] . X[j]. Other weight types take the f32 panel GEMM (kernels_gemm_avx2.c).
- * The driver here (kernel_gemm_int16_run: x packing, panels) also serves the AVX-512 level, whose tile
- * (one zmm per panel step, vpdpwssd with VNNI) is in kernels_avx512.c.
+ * The driver here (kernel_gemm_int16_run: x packing, the loops) also serves the AVX-512 level, whose panel
+ * fill and tile (16 rows' words in one zmm, unpacked per step; vpdpwssd with VNNI) are in kernels_avx512.c.
  *
  * The math is the int16 row kernels' (kernels_impl.h): x is rounded per weight group to int16,
  * x_c ~= d_g xq_c with d_g = max_g |x| / 32767, and with w_c = q_c s_g + b_g
@@ -132,7 +132,8 @@ static void panel_scales8(float *sc, float *bi, const qmat *w, int rb, int nr, i
     }
 }
 
-static void panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, int gpr, int g0, int ng) {
+void kernel_gemm16_panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc) {
+    const int gpr = w->cols / w->group, g0 = kb / w->group, ng = kc / w->group;
     for (int h = 0; h < ng; h += 8)
         panel_scales8(sc + h * 16, bi + h * 16, w, rb, nr, gpr, g0 + h, ng - h < 8 ? ng - h : 8);
 }
@@ -142,7 +143,7 @@ static void panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, in
 AI void panel_bits(const int BITS, int32_t *P, float *sc, float *bi, const qmat *w, int rb, int nr, int kb,
                    int kc) {
     const int V = 32 / BITS, H = V / 2;
-    const int wpr = w->cols / V, nw = kc / V, gpr = w->cols / w->group, g0 = kb / w->group;
+    const int wpr = w->cols / V, nw = kc / V;
     const __m256i mask = _mm256_set1_epi32(((1 << BITS) - 1) * 0x10001);
     for (int half = 0; half < 2; half++) {
         int hr = nr - half * 8;
@@ -166,7 +167,7 @@ AI void panel_bits(const int BITS, int32_t *P, float *sc, float *bi, const qmat 
             }
         }
     }
-    panel_scales(sc, bi, w, rb, nr, gpr, g0, kc / w->group);
+    kernel_gemm16_panel_scales(sc, bi, w, rb, nr, kb, kc);
 }
 
 static void panel_fill(int32_t *P, float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc) {
@@ -245,11 +246,11 @@ void kernel_gemm_int16_avx2(float *Y, const qmat *w, const float *X, int n, int 
         kernel_gemm_avx2(Y, w, X, n, r0, r1);
         return;
     }
-    kernel_gemm_int16_run(Y, w, X, n, r0, r1, I16_NR, tile_avx2);
+    kernel_gemm_int16_run(Y, w, X, n, r0, r1, I16_NR, tile_avx2, panel_fill);
 }
 
 void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt,
-                           kernel_gemm16_tile tile) {
+                           kernel_gemm16_tile tile, kernel_gemm16_fill fill) {
     _Alignas(64) int32_t P[GEMM16_STEPS * 16];
     _Alignas(64) int32_t Xp[GEMM16_NB * GEMM16_STEPS];
     _Alignas(64) float xd[GEMM16_NB * GEMM16_MAXG], xs[GEMM16_NB * GEMM16_MAXG], sc[GEMM16_MAXG * 16], bi[GEMM16_MAXG * 16];
@@ -263,7 +264,7 @@ void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r
             for (int rb = r0; rb < r1; rb += 16) {
                 int nr = r1 - rb < 16 ? r1 - rb : 16;
                 kernel_prefetch_panel_ahead(w, rb, r0, r1, kb, GEMM16_KC);
-                panel_fill(P, sc, bi, w, rb, nr, kb, kc);
+                fill(P, sc, bi, w, rb, nr, kb, kc);
                 for (int j = jb; j < je; j += nrt)
                     tile(je - j < nrt ? je - j : nrt, P, Xp + (size_t)(j - jb) * GEMM16_STEPS,
                          xd + (j - jb) * GEMM16_MAXG, xs + (j - jb) * GEMM16_MAXG, sc, bi, kc / group, group / 2,

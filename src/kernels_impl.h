@@ -150,11 +150,17 @@ int kernel_gemm_int16_rounds_x(dtype t);
 typedef void (*kernel_gemm16_tile)(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs,
                                    const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr,
                                    int first);
-/* The int16 GEMM's driver (Q8/Q4/Q2 only), with tiles of nrt x rows: the AVX2 level's and the AVX-512 level's. */
+/* Fills the panel of weight rows rb .. rb + nr - 1 (nr <= 16; the rest zero), columns [kb, kb + kc): the code
+ * pairs P[s * 16 + i] and the scales and biases sc/bi[g * 16 + i] (kernel_gemm16_panel_scales). */
+typedef void (*kernel_gemm16_fill)(int32_t *P, float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc);
+void kernel_gemm16_panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc);
+/* The int16 GEMM's driver (Q8/Q4/Q2 only), with tiles of nrt x rows and panels from fill: the AVX2 level's
+ * and the AVX-512 level's. */
 void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt,
-                           kernel_gemm16_tile tile);
-/* The AVX-512 level's (kernels_avx512.c): the same panels, 16 weight rows in one zmm, tiles of 8 x rows,
- * vpdpwssd where the CPU has AVX512-VNNI; other types through kernel_gemm_avx512. */
+                           kernel_gemm16_tile tile, kernel_gemm16_fill fill);
+/* The AVX-512 level's (kernels_avx512.c): the same driver and x, its own panels (16 weight rows' packed
+ * words, transposed, unpacked by the tile), tiles of 8 x rows, vpdpwssd where the CPU has AVX512-VNNI;
+ * other types through kernel_gemm_avx512. */
 void kernel_gemm_int16_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 void kernel_gemm_int16_avx512_vnni(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 double kernel_madd16_rate_avx512(double seconds, int vnni);

@@ -28,6 +28,7 @@
  * wrong code, scale or tail still moves the result by ~|w_c x_c|: the tests' data keep |x_c| within a small
  * factor of m_g, so that is thousands of times qerr's share per weight. */
 #include "kernels.h"
+#include "kernels_impl.h" /* the AVX-512 int16 GEMM's two tiles, called directly */
 #include "test.h"
 
 #include <math.h>
@@ -542,6 +543,33 @@ static void test_unsupported_group_falls_back(void) {
     }
 }
 
+/* The AVX-512 int16 GEMM's two tiles, vpmaddwd + vpaddd (CPUs without VNNI) and vpdpwssd, give the same
+ * bits: the integer sums are exact either way and the float steps are the same. On a CPU with VNNI the
+ * avx512 level runs the vpdpwssd tile, so this is where the other one is checked; on one without, it is
+ * the level's own and test_matmat_* check it against the reference. */
+static void test_gemm16_avx512_tiles(void) {
+    if (!kernel_level_available(KERNEL_AVX512) || !__builtin_cpu_supports("avx512vnni")) {
+        printf("# no AVX512-VNNI here: the avx512 level's int16 tile is checked against the reference instead\n");
+        return;
+    }
+    dtype types[] = {DTYPE_Q8, DTYPE_Q4, DTYPE_Q2};
+    for (int ti = 0; ti < 3; ti++)
+        for (int gi = 0; gi < 3; gi++) {
+            int n = gi == 1 ? 97 : 13, rows = 37, cols = 1344 / GROUPS[gi] * GROUPS[gi];
+            test_mat tm = mat_random(types[ti], rows, cols, GROUPS[gi]);
+            float *X = malloc(sizeof(float) * n * cols), *a = malloc(sizeof(float) * n * rows),
+                  *b = malloc(sizeof(float) * n * rows);
+            vec_random(X, n * cols);
+            for (int i = 0; i < n * rows; i++) a[i] = b[i] = SENTINEL;
+            kernel_gemm_int16_avx512(a, &tm.m, X, n, 5, 35);
+            kernel_gemm_int16_avx512_vnni(b, &tm.m, X, n, 5, 35);
+            CHECK(!memcmp(a, b, sizeof(float) * n * rows), "%s g%d n=%d: the vpmaddwd and vpdpwssd tiles differ",
+                  dtype_name(types[ti]), GROUPS[gi], n);
+            free(X); free(a); free(b);
+            mat_free(&tm);
+        }
+}
+
 /* kernel_f32_x_force(1): every level keeps x in f32 (no int16 path anywhere), so the same products meet
  * the f32 bound alone: int16_bounds is 0 once kernel_uses_int16_x says so, which is checked first. */
 static void test_f32_x_all_levels(void) {
@@ -576,6 +604,7 @@ int main(void) {
     RUN_TEST(test_matvec_wide);
     RUN_TEST(test_matmat_all_levels);
     RUN_TEST(test_matmat_panels);
+    RUN_TEST(test_gemm16_avx512_tiles);
     RUN_TEST(test_swiglu_all_levels);
     RUN_TEST(test_accum_all_levels);
     RUN_TEST(test_matvec_mt_all_levels);
