@@ -152,13 +152,10 @@ static void pack_w(uint8_t *bp, float *sc, float *bi, const qmat *w, int rb, int
     const int bits = dtype_bits(w->type), V = 8 / bits, W = 32 / bits;
     const int wpr = w->cols / W, gpr = w->cols / w->group, nw = kc / W;
     const __m512i mask = _mm512_set1_epi8((char)((1 << bits) - 1));
-    const uint32_t *rows = (const uint32_t *)w->data + (size_t)rb * wpr + kb / W;
+    const int32_t *rows = (const int32_t *)w->data + (size_t)rb * wpr + kb / W;
     __m512i v[16];
     for (int m0 = 0; m0 < nw; m0 += 16) {
-        __mmask16 lm = nw - m0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nw - m0)) - 1);
-        for (int i = 0; i < 16; i++)
-            v[i] = i < nr ? _mm512_maskz_loadu_epi32(lm, rows + (size_t)i * wpr + m0) : _mm512_setzero_si512();
-        transpose16_si(v);
+        rows16_words(v, rows, (size_t)wpr, nr, m0, nw);
         for (int m = 0; m < 16 && m0 + m < nw; m++)
             for (int e = 0; e < V; e++)
                 _mm512_store_si512((__m512i *)(bp + (size_t)(V * (m0 + m) + e) * 64),
@@ -241,7 +238,7 @@ static void tile_product(float *Y, size_t ldy, int nj, int nr, int first, const 
             GROUP_SCALE(c1, g + 1);
         }
     }
-    __mmask16 m = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m = mask16(nr);
     for (int jj = 0; jj < nj; jj++) {
         float *y = Y + (size_t)jj * ldy;
         __m512 v = first ? acc[jj] : _mm512_add_ps(acc[jj], _mm512_maskz_loadu_ps(m, y));

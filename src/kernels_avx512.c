@@ -20,7 +20,6 @@
  * already give independent chains (and registers are better spent on them). */
 #define ALT (NB == 1)
 
-AI __mmask16 mask16(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
 AI void prefetch(const void *p) {
     if (KERNEL_PREFETCH) _mm_prefetch((const char *)p + KERNEL_PREFETCH, _MM_HINT_T0);
@@ -286,7 +285,7 @@ AI __m512i madd_acc512(__m512i acc, __m512i w, __m512i x, const int VNNI) {
 }
 
 /* madd_acc512 with x the int32 at xp in every lane: with VNNI, vpdpwssd's embedded broadcast (one
- * instruction with its load; 1.5-3% faster tiles on Zen 4 than a vpbroadcastd before it). */
+ * instruction with its load; 0-5% faster tiles on Zen 4 than a vpbroadcastd before it, most at small n). */
 AI __m512i madd_bcast512(__m512i acc, __m512i w, const int32_t *xp, const int VNNI) {
     if (VNNI) {
         __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*xp));
@@ -301,12 +300,8 @@ static void panel_words512(int32_t *P, float *sc, float *bi, const qmat *w, int 
     const int32_t *row = (const int32_t *)w->data + (size_t)rb * wpr + kb / V;
     for (int m0 = 0; m0 < nw; m0 += 16) {
         int left = nw - m0 < 16 ? nw - m0 : 16; /* a block can end on 8, 4 or 2 words */
-        __mmask16 lm = mask16(left);
         __m512i v[16];
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            v[i] = i < nr ? _mm512_maskz_loadu_epi32(lm, row + (size_t)i * wpr + m0) : _mm512_setzero_si512();
-        transpose16_si(v);
+        rows16_words(v, row, (size_t)wpr, nr, m0, nw);
 #pragma GCC unroll 16
         for (int m = 0; m < 16; m++) {
             if (m >= left) break;

@@ -3,6 +3,11 @@
 #ifndef FLASHMOE_KERNELS_AVX512_INLINE_H
 #define FLASHMOE_KERNELS_AVX512_INLINE_H
 
+/* The first n of 16 lanes. */
+static inline __attribute__((always_inline)) __mmask16 mask16(int n) {
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
 /* 16 x 16 transpose of 32-bit lanes: on return v[k] holds lane k of the input vectors 0..15. Within
  * 128-bit lanes (dwords, then qwords), then the lanes themselves: 64 shuffles. Fully unrolled, so that
  * the arrays stay in registers. */
@@ -30,6 +35,18 @@ static inline __attribute__((always_inline)) void transpose16_si(__m512i v[16]) 
         v[8 + c] = _mm512_shuffle_i32x4(ab02, cd02, 0xdd);
         v[12 + c] = _mm512_shuffle_i32x4(ab13, cd13, 0xdd);
     }
+}
+
+/* Words m0 .. m0 + 15 (those below nw; the rest zero) of rows 0 .. nr - 1 (the rest zero), rows wpr words
+ * apart from row: on return v[m] holds word m0 + m of the 16 rows, lane i row i. The weight panels of the
+ * int16 and AMX GEMMs start from this. */
+static inline __attribute__((always_inline)) void rows16_words(__m512i v[16], const int32_t *row, size_t wpr,
+                                                              int nr, int m0, int nw) {
+    __mmask16 lm = mask16(nw - m0);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        v[i] = i < nr ? _mm512_maskz_loadu_epi32(lm, row + (size_t)i * wpr + m0) : _mm512_setzero_si512();
+    transpose16_si(v);
 }
 
 #endif

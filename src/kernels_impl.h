@@ -150,8 +150,9 @@ int kernel_gemm_int16_rounds_x(dtype t);
 typedef void (*kernel_gemm16_tile)(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs,
                                    const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr,
                                    int first);
-/* Fills the panel of weight rows rb .. rb + nr - 1 (nr <= 16; the rest zero), columns [kb, kb + kc): the code
- * pairs P[s * 16 + i] and the scales and biases sc/bi[g * 16 + i] (kernel_gemm16_panel_scales). */
+/* Fills the panel of weight rows rb .. rb + nr - 1 (nr <= 16; the rest zero), columns [kb, kb + kc): P, in
+ * the layout its level's tile reads (AVX2: the code pairs P[s * 16 + i]; AVX-512: the packed words
+ * P[m * 16 + i]), and the scales and biases sc/bi[g * 16 + i] (kernel_gemm16_panel_scales). */
 typedef void (*kernel_gemm16_fill)(int32_t *P, float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc);
 void kernel_gemm16_panel_scales(float *sc, float *bi, const qmat *w, int rb, int nr, int kb, int kc);
 /* The int16 GEMM's driver (Q8/Q4/Q2 only), with tiles of nrt x rows and panels from fill: the AVX2 level's
