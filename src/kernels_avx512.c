@@ -269,7 +269,14 @@ KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_
  * here that was 4x the stores and the panel's L1 footprint, and a 1024 x 4096 Q4 GEMM ran at 53 G
  * multiply-adds/s at n = 8 against 73 with the words (BENCHMARKS.md, series 13). */
 
-#define GEMM16_NR512 8 /* x rows per tile: 8 int32 and 8 f32 accumulators */
+/* x rows per tile: 12 int32 and 12 f32 accumulators (8 or 12; -D to compare). Each unpacking step (a
+ * shift and a mask) serves NR vpdpwssd. On Sapphire Rapids 512-bit integer work issues on two ports, the
+ * unpacking's and the vpdpwssd's alike, so 12 rows took Q4 GEMMs from 98-105 to 107-119 G multiply-adds/s
+ * a thread; on Zen 4, whose unpacking has ports of its own, 8 and 12 measured the same (BENCHMARKS.md,
+ * series 13 and 14). */
+#ifndef GEMM16_NR512
+#define GEMM16_NR512 12
+#endif
 
 /* acc + the sums of adjacent int16 products of w and x per int32 lane, added in place: vpdpwssd with
  * VNNI (assembly: this file is not compiled for VNNI; the caller's level checked cpuid), else vpmaddwd
@@ -317,47 +324,58 @@ AI void micro16_512(const int NR, const int BITS, const int VNNI, const int32_t 
     const int H = 16 / BITS; /* steps per word */
     const __m512i mask = _mm512_set1_epi32(((1 << BITS) - 1) * 0x10001);
     __m512 f[GEMM16_NR512];
-    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+    _Pragma("GCC unroll 16") for (int j = 0; j < NR; j++) {
         f[j] = _mm512_setzero_ps();
         if (!first) _mm_prefetch((const char *)(Y + (size_t)j * ldy), _MM_HINT_T0);
     }
     for (int g = 0; g < ng; g++) {
         __m512i a[GEMM16_NR512];
-        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) a[j] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 16") for (int j = 0; j < NR; j++) a[j] = _mm512_setzero_si512();
         const int32_t *p = P + (size_t)g * (spg / H) * 16, *x = Xp + (size_t)g * spg;
         for (int m = 0; m < spg / H; m++) {
             __m512i wv = _mm512_load_si512((const void *)(p + m * 16));
             _Pragma("GCC unroll 8") for (int e = 0; e < H; e++) {
-                __m512i q = _mm512_and_si512(e ? _mm512_srli_epi32(wv, BITS * e) : wv, mask);
-                _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++)
+                __m512i q = e == H - 1 ? _mm512_srli_epi16(wv, BITS * e) /* the top codes: nothing above them */
+                                       : _mm512_and_si512(e ? _mm512_srli_epi32(wv, BITS * e) : wv, mask);
+                _Pragma("GCC unroll 16") for (int j = 0; j < NR; j++)
                     a[j] = madd_bcast512(a[j], q, x + (size_t)j * GEMM16_STEPS + m * H + e, VNNI);
             }
         }
         __m512 sv = _mm512_load_ps(sc + g * 16), bv = _mm512_load_ps(bi + g * 16);
-        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+        _Pragma("GCC unroll 16") for (int j = 0; j < NR; j++) {
             __m512 d = _mm512_set1_ps(xd[j * GEMM16_MAXG + g]), t = _mm512_set1_ps(xs[j * GEMM16_MAXG + g]);
             f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[j]), _mm512_mul_ps(sv, d), _mm512_fmadd_ps(bv, t, f[j]));
         }
     }
     const __mmask16 m = mask16(nr);
-    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+    _Pragma("GCC unroll 16") for (int j = 0; j < NR; j++) {
         float *y = Y + (size_t)j * ldy;
         _mm512_mask_storeu_ps(y, m, first ? f[j] : _mm512_add_ps(f[j], _mm512_maskz_loadu_ps(m, y)));
     }
 }
 
+/* The switch's cases for tiles of 1 .. GEMM16_NR512 - 1 rows (a pass's last tile); default: whole tiles. */
+#define TILE16_CASE(R, BITS, VNNI)                                                                              \
+    case R: micro16_512(R, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;
+#define TILE16_CASES8(BITS, VNNI)                                                                               \
+    TILE16_CASE(1, BITS, VNNI) TILE16_CASE(2, BITS, VNNI) TILE16_CASE(3, BITS, VNNI) TILE16_CASE(4, BITS, VNNI)  \
+    TILE16_CASE(5, BITS, VNNI) TILE16_CASE(6, BITS, VNNI) TILE16_CASE(7, BITS, VNNI)
+#if GEMM16_NR512 == 8
+#define TILE16_CASES(BITS, VNNI) TILE16_CASES8(BITS, VNNI)
+#elif GEMM16_NR512 == 12
+#define TILE16_CASES(BITS, VNNI)                                                                                \
+    TILE16_CASES8(BITS, VNNI) TILE16_CASE(8, BITS, VNNI) TILE16_CASE(9, BITS, VNNI) TILE16_CASE(10, BITS, VNNI) \
+    TILE16_CASE(11, BITS, VNNI)
+#else
+#error "GEMM16_NR512: 8 or 12"
+#endif
+
 #define TILE16_512(NAME, BITS, VNNI)                                                                            \
     static void NAME(int rows, const int32_t *P, const int32_t *Xp, const float *xd, const float *xs,           \
                      const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr, int first) { \
         switch (rows) {                                                                                         \
-        case 1: micro16_512(1, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
-        case 2: micro16_512(2, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
-        case 3: micro16_512(3, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
-        case 4: micro16_512(4, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
-        case 5: micro16_512(5, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
-        case 6: micro16_512(6, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
-        case 7: micro16_512(7, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;           \
-        default: micro16_512(8, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;          \
+        TILE16_CASES(BITS, VNNI)                                                                                \
+        default: micro16_512(GEMM16_NR512, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;          \
         }                                                                                                       \
     }
 TILE16_512(tile16_q8, 8, 0)

@@ -336,10 +336,12 @@ static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, k
  * tiles of 4, 8 or 16 rows. */
 static void test_matmat_panels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
-    int ns[] = {13, 97, 133}; /* 133: more than one pass of the amx GEMM (128 rows) */
+    /* 22 and 35: last tiles of 10 and 11 rows at the avx512 level's 12; 133: more than one pass of the
+     * amx GEMM (128 rows) */
+    int ns[] = {13, 22, 35, 97, 133};
     FOR_EACH_LEVEL(lv) {
         for (int ti = 0; ti < 7; ti++)
-            for (int ni = 0; ni < 3; ni++) {
+            for (int ni = 0; ni < 5; ni++) {
                 dtype t = types[ti];
                 int n = ns[ni], cols = dtype_is_quant(t) ? 1344 : 263;
                 test_mat tm = mat_random(t, 37, cols, 64);
