@@ -160,8 +160,8 @@ void kernel_gemm16_panel_scales(float *sc, float *bi, const qmat *w, int rb, int
 void kernel_gemm_int16_run(float *Y, const qmat *w, const float *X, int n, int r0, int r1, int nrt,
                            kernel_gemm16_tile tile, kernel_gemm16_fill fill);
 /* The AVX-512 level's (kernels_avx512.c): the same driver and x, its own panels (16 weight rows' packed
- * words, transposed, unpacked by the tile), tiles of 12 x rows (GEMM16_NR512), vpdpwssd where the CPU has AVX512-VNNI;
- * other types through kernel_gemm_avx512. */
+ * words, transposed, unpacked by the tile), tiles of 12 x rows (GEMM16_NR512), vpdpwssd where the CPU
+ * has AVX512-VNNI; other types through kernel_gemm_avx512. */
 void kernel_gemm_int16_avx512(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 void kernel_gemm_int16_avx512_vnni(float *Y, const qmat *w, const float *X, int n, int r0, int r1);
 double kernel_madd16_rate_avx512(double seconds, int vnni);
