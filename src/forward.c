@@ -1,5 +1,6 @@
 /* The decoder: embedding, layers, final norm, lm_head; and the state they advance. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,27 @@ static void layer_bufs(const model_config *c, int l, size_t max_ctx, size_t *na,
 }
 
 /* calloc that never asks for 0 bytes (a buffer of a dimension the model lacks still gets a pointer) */
-static int zcalloc(void **p, size_t n, size_t size) { return (*p = calloc(n ? n : 1, size)) != NULL; }
+/* Zeroed buffers that start on a 64-byte line, so that the kernels' 512-bit loads and stores of state
+ * rows never straddle two lines (calloc's large blocks start 16 bytes into a page). From calloc, so
+ * large ones come zeroed from the kernel, untouched until used; zfree frees them. */
+#define ZALIGN 64
+#define ZSLACK (ZALIGN + sizeof(void *)) /* bytes a buffer takes beyond its own */
+static int zcalloc(void **p, size_t n, size_t size) {
+    n = n ? n : 1;
+    char *raw = size && n > (SIZE_MAX - ZSLACK) / size ? NULL : calloc(1, n * size + ZSLACK);
+    if (!raw) return (*p = NULL), 0;
+    char *a = (char *)(((uintptr_t)raw + sizeof raw + ZALIGN - 1) & ~(uintptr_t)(ZALIGN - 1));
+    memcpy(a - sizeof raw, &raw, sizeof raw); /* the block's own address, just before the aligned start */
+    *p = a;
+    return 1;
+}
+
+static void zfree(void *p) {
+    if (!p) return;
+    void *raw;
+    memcpy(&raw, (char *)p - sizeof raw, sizeof raw);
+    free(raw);
+}
 
 /* The state's scratch buffers: where each one's pointer lives in s, its count and element size. One list
  * serves state_bytes (with a throwaway s), state_create and state_free. */
@@ -74,13 +95,13 @@ size_t state_bytes(const model_config *c, int top_k, int chunk, int threads, int
     for (int l = 0; l < c->n_layers; l++) {
         size_t na, nb;
         layer_bufs(c, l, (size_t)max_ctx, &na, &nb);
-        bytes += sizeof(float) * (na + nb);
+        bytes += sizeof(float) * (na + nb) + 2 * ZSLACK;
     }
     state tmp;
     scratch_buf b[SCRATCH_MAX];
     int n = scratch_list(&tmp, c, (size_t)top_k, (size_t)(chunk > 0 ? chunk : 1), (size_t)(threads > 1 ? threads : 1),
                          (size_t)max_ctx, b);
-    for (int i = 0; i < n; i++) bytes += b[i].n * b[i].size;
+    for (int i = 0; i < n; i++) bytes += b[i].n * b[i].size + ZSLACK;
     return bytes;
 }
 
@@ -121,10 +142,10 @@ void state_free(state *s) {
     const model *m = s->m;
     int L = m->cfg.n_layers;
     for (int l = 0; s->k_cache && l < L; l++) {
-        free(s->k_cache[l]);
-        free(s->v_cache[l]);
-        free(s->conv_state[l]);
-        free(s->rec_state[l]);
+        zfree(s->k_cache[l]);
+        zfree(s->v_cache[l]);
+        zfree(s->conv_state[l]);
+        zfree(s->rec_state[l]);
     }
     free(s->k_cache);
     free(s->v_cache);
@@ -132,7 +153,7 @@ void state_free(state *s) {
     free(s->rec_state);
     scratch_buf b[SCRATCH_MAX];
     int n = scratch_list(s, &m->cfg, (size_t)m->top_k, (size_t)s->chunk, 1, 1, b); /* sizes unused */
-    for (int i = 0; i < n; i++) free(*b[i].at);
+    for (int i = 0; i < n; i++) zfree(*b[i].at);
     free(s);
 }
 
