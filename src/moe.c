@@ -232,6 +232,10 @@ static int compute_batch_grouped(state *s, int layer, const layer_weights *share
          * shares empty) */
         int chunks = (2 * threads + n - 1) / n, tasks;
         if (rows > nb && chunks < GROUP_CHUNKS_MIN) chunks = GROUP_CHUNKS_MIN;
+        /* a decoded token's K + 1 equal experts: a share of each per thread, so that every thread gets the
+         * same work (K + 1 = 9 whole experts on 2 threads left one thread idle for an expert's time at the
+         * end of each product; decode measured 1-5% faster; BENCHMARKS.md, series 14) */
+        if (rows == nb && chunks < threads) chunks = threads;
         long gu = 0, dn = 0;
         for (int b = 0; b < n; b++) {
             gu = s->views[b].gate.rows > gu ? s->views[b].gate.rows : gu;
