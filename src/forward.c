@@ -31,10 +31,11 @@ static void layer_bufs(const model_config *c, int l, size_t max_ctx, size_t *na,
     *nb = attn ? max_ctx * kv_row : rec;
 }
 
-/* calloc that never asks for 0 bytes (a buffer of a dimension the model lacks still gets a pointer) */
 /* Zeroed buffers that start on a 64-byte line, so that the kernels' 512-bit loads and stores of state
  * rows never straddle two lines (calloc's large blocks start 16 bytes into a page). From calloc, so
- * large ones come zeroed from the kernel, untouched until used; zfree frees them. */
+ * large ones come zeroed from the kernel, untouched until used (aligned_alloc + memset would touch them
+ * all at once); never 0 bytes, so a buffer of a dimension the model lacks still gets a pointer. zfree
+ * frees them. */
 #define ZALIGN 64
 #define ZSLACK (ZALIGN + sizeof(void *)) /* bytes a buffer takes beyond its own */
 static int zcalloc(void **p, size_t n, size_t size) {

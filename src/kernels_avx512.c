@@ -271,8 +271,8 @@ KERNEL_FMA_RATE_FN(kernel_fma_rate_avx512, __m512, _mm512_set1_ps, _mm512_fmadd_
 
 /* x rows per tile: 12 int32 and 12 f32 accumulators (8 or 12; -D to compare). Each unpacking step (a
  * shift and a mask) serves NR vpdpwssd. On Sapphire Rapids 512-bit integer work issues on two ports, the
- * unpacking's and the vpdpwssd's alike, so 12 rows took Q4 GEMMs from 98-105 to 107-119 G multiply-adds/s
- * a thread; on Zen 4, whose unpacking has ports of its own, 8 and 12 measured the same (BENCHMARKS.md,
+ * unpacking's and the vpdpwssd's alike, so 12 rows took Q4 GEMMs at n = 32 and 128 from 96-105 to 111-120
+ * G multiply-adds/s a thread; on Zen 4, whose unpacking has ports of its own, 8 and 12 measured the same (BENCHMARKS.md,
  * series 13 and 14). */
 #ifndef GEMM16_NR512
 #define GEMM16_NR512 12
@@ -375,7 +375,7 @@ AI void micro16_512(const int NR, const int BITS, const int VNNI, const int32_t 
                      const float *sc, const float *bi, int ng, int spg, float *Y, size_t ldy, int nr, int first) { \
         switch (rows) {                                                                                         \
         TILE16_CASES(BITS, VNNI)                                                                                \
-        default: micro16_512(GEMM16_NR512, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first); break;          \
+        default: micro16_512(GEMM16_NR512, BITS, VNNI, P, Xp, xd, xs, sc, bi, ng, spg, Y, ldy, nr, first);      \
         }                                                                                                       \
     }
 TILE16_512(tile16_q8, 8, 0)

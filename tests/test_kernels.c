@@ -333,7 +333,7 @@ static void check_matmat(const qmat *w, const float *X, int n, int r0, int r1, k
  * (test_f32_x_all_levels) every level's f32 GEMM runs these too. The int16 and amx GEMMs' edges are the
  * same kind: passes of 96 or 128 rows, blocks of 512 or (amx) 1024 columns, the last one part-filled and
  * ending part-way through a block of 8 words (1344 = 2 x 512 + 320 = 1024 + 320 columns of Q4 or Q2),
- * tiles of 4, 8 or 16 rows. */
+ * tiles of 4, 12 or 16 rows. */
 static void test_matmat_panels(void) {
     dtype types[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_Q8, DTYPE_Q4, DTYPE_Q3, DTYPE_Q2};
     /* 22 and 35: last tiles of 10 and 11 rows at the avx512 level's 12; 133: more than one pass of the
